@@ -1,0 +1,583 @@
+"""The emitter: a non-blocking client that ships events into Redis Streams.
+
+``emit`` builds a Struct, encodes it with one reused msgpack Encoder, appends
+the bytes to a bounded deque and returns. One daemon thread drains the deque
+in batches. Every event that does not reach Redis is counted by reason.
+
+Each batch is written by one Lua script call that first claims a random batch
+token with ``SET NX EX``. If Redis hangs (SIGSTOP, a stalled network) the
+client times out without knowing whether the batch landed; it retries the
+same batch with the same token, and the script skips a batch it has already
+applied. That is what makes delivery exactly-once across hangs and restarts
+(within the token TTL), not merely at-least-once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import hmac
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Optional
+
+import msgspec
+
+from emitters import context as _context
+from emitters.events import (
+    MAX_MESSAGE_LEN,
+    MAX_STACK_LEN,
+    SEVERITY_RANK,
+    TYPED_EVENTS,
+    CustomEvent,
+    Envelope,
+    ErrorEvent,
+    GenerationCompleted,
+    GenerationStarted,
+    ModelInvalidated,
+    ModelLoaded,
+    ModelUnloaded,
+    RuntimeStatus,
+    TokenGenerated,
+    decode,
+)
+from emitters.fingerprint import error_type_name, fingerprint, fingerprint_exception, format_stack, message_template
+from emitters.streams import PAYLOAD_FIELD, stream_names
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["Emitter", "DROP_REASONS", "TokenEvents"]
+
+log = logging.getLogger("mlx_telemetry.emitter")
+
+TokenEvents = Literal["live", "sample", "stream", "off"]
+DROP_REASONS = ("buffer_full", "invalid", "too_large", "redis_unavailable", "closed")
+
+# Buffer entries are (route, payload); the route picks the Redis destination.
+_TO_EVENTS, _TO_ERRORS, _TO_LIVE = "e", "x", "l"
+_ERROR_RANK = SEVERITY_RANK["error"]
+_ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__)
+_FIELDS = {cls: frozenset(cls.__struct_fields__) for cls in (*TYPED_EVENTS.values(), CustomEvent)}
+_SCALARS = (str, int, float, bool)
+_current_scope = _context._scope.get
+_random_bits = random.getrandbits
+_time_ns = time.time_ns
+
+# KEYS: events stream, errors stream, batch token key.
+# ARGV: token ttl, events maxlen, errors maxlen, live channel, field, then (route, payload) pairs.
+_SHIP_BATCH = """
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then
+  return -1
+end
+for i = 6, #ARGV, 2 do
+  local route = ARGV[i]
+  if route == 'e' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[5], ARGV[i + 1])
+  elseif route == 'x' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', ARGV[5], ARGV[i + 1])
+  else
+    redis.call('PUBLISH', ARGV[4], ARGV[i + 1])
+  end
+end
+return (#ARGV - 5) / 2
+"""
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+class _Batch:
+    __slots__ = ("token", "items", "refusals")
+
+    def __init__(self, items: list[tuple[str, bytes]]) -> None:
+        self.token = _context.new_trace_id()
+        self.items = items
+        self.refusals = 0
+
+
+class Emitter:
+    """Ships telemetry events to Redis without ever blocking or crashing its host.
+
+    Typed fields of an event are keyword arguments of its helper; any other
+    keyword argument is a correlation id (``request_id``, ``job_id``, ...) or
+    goes into ``attrs``. ``emit`` and all helpers return None and never raise,
+    unless ``strict=True`` (tests and development), where invalid events raise
+    ``msgspec.ValidationError`` at the call site.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        redis_url: str = "redis://localhost:6379/0",
+        *,
+        stream_prefix: str = "telemetry",
+        events_maxlen: int = 10_000,
+        errors_maxlen: int = 50_000,
+        buffer_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.01,
+        token_events: TokenEvents = "live",
+        token_sample_rate: int = 100,
+        strict: bool = False,
+        max_event_bytes: int = 64 * 1024,
+        hash_secret: str | bytes | None = None,
+        capture_prompts: bool = False,
+        host: Optional[str] = None,
+        socket_timeout: float = 5.0,
+        max_backoff: float = 5.0,
+        batch_token_ttl: int = 600,
+        exit_timeout: float = 2.0,
+        redis_options: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        if token_events not in ("live", "sample", "stream", "off"):
+            raise ValueError(f"token_events must be live, sample, stream or off, got {token_events!r}")
+        for name, value in (
+            ("events_maxlen", events_maxlen),
+            ("errors_maxlen", errors_maxlen),
+            ("buffer_size", buffer_size),
+            ("batch_size", batch_size),
+            ("token_sample_rate", token_sample_rate),
+            ("max_event_bytes", max_event_bytes),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if flush_interval <= 0:
+            raise ValueError(f"flush_interval must be > 0, got {flush_interval!r}")
+        self.service = service
+        self.names = stream_names(stream_prefix)
+        self.events_maxlen = events_maxlen
+        self.errors_maxlen = errors_maxlen
+        self.buffer_size = buffer_size
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.token_events: TokenEvents = token_events
+        self.token_sample_rate = token_sample_rate
+        self.strict = strict
+        self.max_event_bytes = max_event_bytes
+        self.capture_prompts = capture_prompts
+        self.host = host or socket.gethostname() or "unknown"
+        self.max_backoff = max_backoff
+        self.batch_token_ttl = batch_token_ttl
+        self.exit_timeout = exit_timeout
+        self._redis_url = redis_url
+        self._redis_options = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": min(socket_timeout, 2.0),
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+            **(redis_options or {}),
+        }
+        # Imported here rather than at module level so that `import emitters`
+        # stays light (redis-py imports OpenTelemetry when it is installed), and
+        # not later on the worker, which may first run during interpreter exit.
+        import redis  # noqa: F401
+
+        self._hash_key = self._resolve_hash_secret(hash_secret)
+        self._encoder = msgspec.msgpack.Encoder()
+        self._init_state()
+
+        # Bound to a weakref so neither hook keeps a dropped Emitter alive.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (emitter := ref()) and emitter._init_state())
+        self._atexit_hook = lambda: (emitter := ref()) and emitter.close(emitter.exit_timeout)
+        atexit.register(self._atexit_hook)
+
+    # -- state ------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        """(Re)create everything that must not be shared with a forked parent.
+
+        A child starts with an empty buffer: what the parent had buffered is
+        the parent's to send, and sending it twice would duplicate it.
+        """
+        self._pid = os.getpid()
+        self._buffer: deque[tuple[Any, ...]] = deque()
+        self._inflight: Optional[_Batch] = None
+        self._lock = threading.Lock()  # worker start, drop counters, batch hand-over
+        self._idle = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._closed = False
+        self._worker: Optional[threading.Thread] = None
+        self._client: Optional["redis.Redis"] = None
+        self._script: Any = None
+        self._sent = 0
+        self._dropped = dict.fromkeys(DROP_REASONS, 0)
+        self._token_counter = 0
+        self._connected: Optional[bool] = None
+        self._last_error: Optional[str] = None
+
+    def _resolve_hash_secret(self, configured: str | bytes | None) -> bytes:
+        secret = configured if configured is not None else os.environ.get("TELEMETRY_HASH_SECRET")
+        if secret:
+            return secret.encode() if isinstance(secret, str) else secret
+        log.warning(
+            "no hash secret configured (hash_secret= or TELEMETRY_HASH_SECRET): user ids and "
+            "prompt hashes are keyed per process and cannot be correlated across processes"
+        )
+        return secrets.token_bytes(32)
+
+    def keyed_hash(self, value: str) -> str:
+        """HMAC-SHA256 of ``value`` under the configured secret (128-bit hex)."""
+        return hmac.new(self._hash_key, value.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:32]
+
+    # -- public API -------------------------------------------------------
+
+    @contextmanager
+    def context(self, **ids: Optional[str]) -> Iterator[Mapping[str, str]]:
+        """Scope in which every event carries these correlation ids.
+
+        A new span inside the current trace; a new trace when none is set.
+        """
+        if ids.get("user_id") is not None:
+            ids["user_id"] = self.keyed_hash(str(ids["user_id"]))
+        with _context.correlation(**ids) as scope:
+            yield scope
+
+    def event(self, type: str, **fields: Any) -> None:
+        """Emit an event by name: typed when the contract knows it, custom otherwise."""
+        cls = TYPED_EVENTS.get(type)
+        if cls is None:
+            self._submit(CustomEvent, {"type": type}, fields)
+        else:
+            self._submit(cls, {}, fields)
+
+    def model_loaded(self, model: str, model_path: str, **fields: Any) -> None:
+        self._submit(ModelLoaded, {"model": model, "model_path": model_path}, fields)
+
+    def model_unloaded(self, model: str, **fields: Any) -> None:
+        self._submit(ModelUnloaded, {"model": model}, fields)
+
+    def model_invalidated(self, model: str, reason: str, **fields: Any) -> None:
+        self._submit(ModelInvalidated, {"model": model, "reason": reason}, fields)
+
+    def generation_started(self, model: str, request_id: str, **fields: Any) -> None:
+        prompt = fields.pop("prompt", None)
+        if prompt is not None:
+            if self.capture_prompts:
+                fields["prompt"] = prompt
+            else:
+                fields["prompt_chars"] = len(prompt)
+                fields["prompt_hash"] = self.keyed_hash(prompt)
+        self._submit(GenerationStarted, {"model": model, "request_id": request_id}, fields)
+
+    def token_generated(self, model: str, request_id: str, token: str, index: int, **fields: Any) -> None:
+        if self.token_events == "off":
+            return
+        typed = {"model": model, "request_id": request_id, "token": token, "index": index}
+        self._submit(TokenGenerated, typed, fields)
+
+    def generation_completed(
+        self,
+        model: str,
+        request_id: str,
+        prompt_tokens: int,
+        generation_tokens: int,
+        duration_ms: float,
+        **fields: Any,
+    ) -> None:
+        typed = {
+            "model": model,
+            "request_id": request_id,
+            "prompt_tokens": prompt_tokens,
+            "generation_tokens": generation_tokens,
+            "duration_ms": duration_ms,
+        }
+        self._submit(GenerationCompleted, typed, fields)
+
+    def runtime_status(self, status: str, models_loaded: int, **fields: Any) -> None:
+        self._submit(RuntimeStatus, {"status": status, "models_loaded": models_loaded}, fields)
+
+    def error(self, exc_or_message: BaseException | str, *, severity: str = "error", **context: Any) -> None:
+        """Report an exception or a message; extra keyword fields become ``context``.
+
+        Captures error_type, message, stack and a fingerprint that groups
+        occurrences of the same error (see :mod:`emitters.fingerprint`).
+        """
+        try:
+            fields = self._error_fields(exc_or_message, severity, context)
+        except Exception:  # noqa: BLE001 - telemetry must never crash its host
+            if self.strict:
+                raise
+            self._count_drop("invalid")
+            return
+        self._submit(ErrorEvent, {}, fields)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything buffered so far reached Redis; False on timeout."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._idle:
+            while self._buffer or self._inflight is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._worker is None or not self._worker.is_alive():
+                    return False
+                self._idle.wait(min(remaining, 0.05))
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush within ``timeout``, then stop; what could not be sent is counted."""
+        if self._closed:
+            return
+        flushed = self.flush(timeout) if self._worker is not None else not self._buffer
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(max(0.0, min(timeout, 1.0)))
+        with self._lock:
+            if not flushed:
+                lost = len(self._buffer) + (len(self._inflight.items) if self._inflight else 0)
+                self._dropped["redis_unavailable"] += lost
+                self._buffer.clear()
+                self._inflight = None
+        if self._client is not None:
+            self._client.close()
+        atexit.unregister(self._atexit_hook)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            inflight = len(self._inflight.items) if self._inflight else 0
+            return {
+                "sent": self._sent,
+                "buffered": len(self._buffer) + inflight,
+                "dropped": dict(self._dropped),
+                "connected": self._connected,
+                "last_error": self._last_error,
+            }
+
+    def __enter__(self) -> "Emitter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- hot path ---------------------------------------------------------
+
+    def _submit(self, cls: type, typed: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Capture the event; the worker builds, validates and encodes it.
+
+        Encoding here would cost the caller ~3x more (measured by `bench`); what
+        is captured is immutable or a private copy, so deferring changes nothing
+        the host can observe except the cost.
+        """
+        capture = (cls, typed, fields, _time_ns(), _current_scope())
+        if self.strict:
+            route, payload = self._materialize(capture)  # raises ValidationError naming the field
+            capture = (None, route, payload, 0, None)
+        elif "attrs" in fields:
+            fields["attrs"] = dict(fields["attrs"] or ())
+        if self._closed:
+            self._count_drop("closed")
+            return
+        if len(self._buffer) >= self.buffer_size:
+            self._count_drop("buffer_full")
+            return
+        self._buffer.append(capture)
+        if self._worker is None:
+            self._start_worker()
+        elif len(self._buffer) >= self.batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def _materialize(self, capture: tuple[Any, ...]) -> tuple[str, bytes]:
+        """Build, encode and validate a captured event: (route, payload).
+
+        Raises msgspec.ValidationError/DecodeError/TypeError for invalid events
+        and _TooLarge for oversized ones.
+        """
+        cls, typed, fields, ts, scope = capture
+        if cls is None:
+            return typed, fields  # strict mode encoded it at the call site
+        if fields:
+            self._place_fields(cls, typed, fields)
+        ids = "%080x" % _random_bits(320)  # one call for id, trace id and span id
+        if scope is None:
+            typed.setdefault("trace_id", ids[32:64])
+            typed.setdefault("span_id", ids[64:])
+        else:
+            for name, value in scope.items():
+                typed.setdefault(name, value)
+        typed.setdefault("ts", ts)
+        event = cls(id=ids[:32], service=self.service, host=self.host, pid=self._pid, **typed)
+        payload = self._encoder.encode(event)
+        decode(payload)  # validates: a ValidationError names the field and the rule
+        if len(payload) > self.max_event_bytes:
+            raise _TooLarge(f"event of {len(payload)} bytes exceeds max_event_bytes={self.max_event_bytes}")
+        if cls is TokenGenerated:
+            return self._token_route(), payload
+        if cls is ErrorEvent or SEVERITY_RANK[event.severity] >= _ERROR_RANK:
+            return _TO_ERRORS, payload
+        return _TO_EVENTS, payload
+
+    def _place_fields(self, cls: type, typed: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Typed fields and correlation ids to the top level, the rest to ``attrs``."""
+        allowed = _FIELDS[cls]
+        attrs: dict[str, Any] = dict(fields.pop("attrs", None) or ())
+        for name, value in fields.items():
+            if name in allowed:
+                typed[name] = value
+            elif value is not None:
+                attrs[name] = value
+        if attrs:
+            typed["attrs"] = attrs
+        if typed.get("user_id") is not None:
+            typed["user_id"] = self.keyed_hash(str(typed["user_id"]))
+        for name in ("id", "service", "host", "pid"):
+            typed.pop(name, None)
+        fields.clear()
+
+    def _token_route(self) -> str:
+        mode = self.token_events
+        if mode == "live":
+            return _TO_LIVE
+        if mode == "stream":
+            return _TO_EVENTS
+        self._token_counter += 1
+        return _TO_EVENTS if self._token_counter % self.token_sample_rate == 0 else _TO_LIVE
+
+    def _count_drop(self, reason: str) -> None:
+        with self._lock:
+            self._dropped[reason] += 1
+
+    def _error_fields(self, exc_or_message: BaseException | str, severity: str, context: dict[str, Any]) -> dict[str, Any]:
+        fields: dict[str, Any] = {"severity": severity}
+        for name in ("code", "model", "fingerprint", "attrs", *_ENVELOPE_FIELDS):
+            if name in context:
+                fields[name] = context.pop(name)
+        if isinstance(exc_or_message, BaseException):
+            error_type = context.pop("error_type", None) or error_type_name(exc_or_message)
+            message = str(exc_or_message) or error_type
+            fields.setdefault("fingerprint", fingerprint_exception(exc_or_message))
+            stack = format_stack(exc_or_message, MAX_STACK_LEN)
+            if stack:
+                fields["stack"] = stack
+        else:
+            error_type = context.pop("error_type", None) or "Error"
+            message = str(exc_or_message)
+            fields.setdefault("fingerprint", fingerprint(error_type, message_template(message)))
+        fields["error_type"] = str(error_type)[:256]
+        fields["message"] = message[:MAX_MESSAGE_LEN]
+        if context:
+            # Context is diagnostic: keep it even when a value is not a scalar.
+            fields["context"] = {
+                str(key)[:128]: value if isinstance(value, _SCALARS) else repr(value)[:1024]
+                for key, value in list(context.items())[:64]
+                if value is not None
+            }
+        return fields
+
+    # -- worker -----------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        with self._lock:
+            if self._worker is not None or self._closed:
+                return
+            self._worker = threading.Thread(target=self._run, name="mlx-telemetry-emitter", daemon=True)
+            self._worker.start()
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval if backoff == 0 else backoff)
+            self._wake.clear()
+            while self._buffer or self._inflight is not None:
+                if self._stop.is_set():
+                    return
+                if self._ship_one():
+                    backoff = 0.0
+                    continue
+                # Full jitter, capped: many emitters must not reconnect in lockstep.
+                backoff = min(self.max_backoff, max(0.05, backoff * 2))
+                self._stop.wait(random.uniform(backoff / 2, backoff))
+                break
+
+    def _take_batch(self) -> _Batch:
+        items: list[tuple[str, bytes]] = []
+        size = 0
+        with self._idle:
+            while self._buffer and len(items) < self.batch_size and size < 1 << 20:
+                capture = self._buffer.popleft()
+                # Broad except on purpose: a bad event is counted, never fatal.
+                try:
+                    route, payload = self._materialize(capture)
+                except _TooLarge:
+                    self._dropped["too_large"] += 1
+                    continue
+                except Exception:  # noqa: BLE001
+                    self._dropped["invalid"] += 1
+                    continue
+                items.append((route, payload))
+                size += len(payload)
+            self._inflight = _Batch(items)
+            return self._inflight
+
+    def _ship_one(self) -> bool:
+        import redis  # already loaded by __init__
+
+        batch = self._inflight or self._take_batch()
+        if batch.items:
+            try:
+                self._ship(batch)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._mark_down(exc)
+                return False
+            except redis.ResponseError as exc:
+                # Redis answered but refused (NOPERM, OOM, ...): retrying forever would
+                # wedge the pipeline, so give the batch a few tries and then count it.
+                batch.refusals += 1
+                self._mark_down(exc)
+                if batch.refusals < 3:
+                    return False
+                with self._idle:
+                    self._dropped["redis_unavailable"] += len(batch.items)
+                    self._inflight = None
+                    self._idle.notify_all()
+                return False
+        with self._idle:
+            self._sent += len(batch.items)
+            self._inflight = None
+            self._idle.notify_all()
+        if self._connected is not True:
+            if self._connected is False:
+                log.info("telemetry redis reachable again; shipping buffered events")
+            self._connected = True
+        return True
+
+    def _ship(self, batch: _Batch) -> None:
+        if self._client is None:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            # Retries are ours: capped, jittered, and never on the caller's thread.
+            options = {"retry": Retry(NoBackoff(), 0), **self._redis_options}
+            self._client = redis.Redis.from_url(self._redis_url, **options)
+            self._script = self._client.register_script(_SHIP_BATCH)
+        args: list[Any] = [
+            self.batch_token_ttl,
+            self.events_maxlen,
+            self.errors_maxlen,
+            self.names.live,
+            PAYLOAD_FIELD,
+        ]
+        for route, payload in batch.items:
+            args.append(route)
+            args.append(payload)
+        keys = [self.names.events, self.names.errors, f"{self.names.events}:batch:{batch.token}"]
+        self._script(keys=keys, args=args)
+
+    def _mark_down(self, exc: Exception) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        if self._connected is not False:
+            log.warning("telemetry redis unavailable, buffering events: %s", self._last_error)
+        self._connected = False
