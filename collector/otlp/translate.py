@@ -39,7 +39,7 @@ Requests are split so none exceeds ``max_request_bytes``.
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Optional
 
 import msgspec
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -110,6 +110,8 @@ SEMCONV_KEYS: dict[tuple[str, str], str] = {
 _ERROR_TYPE_KEY = "error.type"
 # Fields whose value is a list in the convention (a string array attribute).
 _ARRAY_FIELDS = frozenset({("generation.completed", "finish_reason")})
+# Fields holding a map of attributes, flattened to `<key>.<map key>`.
+_MAP_FIELDS = frozenset({("model.loaded", "metadata"), ("error", "context")})
 # Content, exported only with capture_content.
 _CONTENT_FIELDS = frozenset({("generation.started", "prompt"), ("token.generated", "token")})
 
@@ -182,24 +184,13 @@ def _plan(cls: type) -> tuple[tuple[_FieldPlan, ...], tuple[_FieldPlan, ...]]:
         if field in _ENVELOPE_FIELDS:
             continue
         key = attribute_key_for(event_type, field)
-        annotation = cls.__annotations__.get(field, "")
-        kind = _MAP if "Attrs" in str(annotation) else _ARRAY if (event_type, field) in _ARRAY_FIELDS else _SCALAR
+        kind = _MAP if (event_type, field) in _MAP_FIELDS else _ARRAY if (event_type, field) in _ARRAY_FIELDS else _SCALAR
         entry = (field, wire.attribute_key(key), kind, key)
         content.append(entry)
         if (event_type, field) not in _CONTENT_FIELDS:
             base.append(entry)
     return tuple(base), tuple(content)
 
-
-def _annotations(cls: type) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        merged.update(getattr(klass, "__annotations__", {}))
-    return merged
-
-
-for _cls in TYPED_EVENTS.values():
-    _cls.__annotations__ = _annotations(_cls) if False else _cls.__annotations__  # noqa: B018
 
 _PLANS: dict[type, tuple[tuple[_FieldPlan, ...], tuple[_FieldPlan, ...]]] = {
     cls: _plan(cls) for cls in TYPED_EVENTS.values()
@@ -497,5 +488,3 @@ def _chunks(items: Sequence[bytes], first_room: int, room: int) -> Iterator[list
     if chunk:
         yield chunk
 
-
-_unused: Callable[..., Any] | None = None

@@ -1,0 +1,67 @@
+"""Turning raw stream entries into Records or dead letters (no I/O here).
+
+Entries arrive as Redis sends them: ``[id, [name, value, ...]]``, or
+``[id, nil]`` for one that was trimmed away while it sat in a pending list.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+from collector.deadletter import Category, DeadLetter, single_payload
+from collector.records import Record, StreamKind
+from emitters.events import DecodeError, ValidationError, decode
+from emitters.streams import PAYLOAD_FIELD
+
+__all__ = ["Decoded", "decode_entries", "describe_fields"]
+
+RawEntry = Optional[Sequence[object]]
+
+
+class Decoded(NamedTuple):
+    records: list[Record]
+    dead: list[DeadLetter]
+    lost: list[bytes]  # ids whose data was trimmed before we could read it
+    ids: list[bytes]  # every id handled, to be acked once the batch is done
+
+
+def decode_entries(kind: StreamKind, key: str, entries: Iterable[RawEntry], *, max_size: int) -> Decoded:
+    """Decode and validate ``entries`` of stream ``key``; bad ones become dead letters."""
+    records: list[Record] = []
+    dead: list[DeadLetter] = []
+    lost: list[bytes] = []
+    ids: list[bytes] = []
+    for entry in entries:
+        if entry is None:  # Redis 6.2 XAUTOCLAIM: deleted, and already gone from the PEL
+            continue
+        entry_id, fields = entry
+        ids.append(entry_id)
+        if not fields:
+            lost.append(entry_id)
+            continue
+        payload = single_payload(fields)
+        if payload is None:
+            category, detail = describe_fields(fields)
+            dead.append(DeadLetter(key, entry_id, category, detail, fields))
+        elif len(payload) > max_size:
+            detail = f"event is {len(payload)} bytes, the limit is {max_size}"
+            dead.append(DeadLetter(key, entry_id, "too_large", detail, fields))
+        else:
+            try:
+                event = decode(payload)
+            except ValidationError as exc:  # a subclass of DecodeError: test it first
+                dead.append(DeadLetter(key, entry_id, "invalid", str(exc), fields))
+            except DecodeError as exc:
+                dead.append(DeadLetter(key, entry_id, "decode_error", str(exc), fields))
+            else:
+                records.append(Record(kind, entry_id.decode(), event, payload))
+    return Decoded(records, dead, lost, ids)
+
+
+def describe_fields(fields: Sequence[bytes]) -> tuple[Category, str]:
+    """Why an entry that is not exactly one ``event`` field cannot be decoded."""
+    names = [name.decode(errors="backslashreplace")[:64] for name in fields[0::2]]
+    shown = ", ".join(repr(name) for name in names[:8]) + (", ..." if len(names) > 8 else "")
+    if PAYLOAD_FIELD in names:
+        return "invalid", f"expected only the `{PAYLOAD_FIELD}` field, got {len(names)} fields: {shown}"
+    return "missing_field", f"no `{PAYLOAD_FIELD}` field; fields: {shown}"
