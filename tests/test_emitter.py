@@ -141,11 +141,15 @@ class TestPrivacyAndCorrelation:
         assert lone1.trace_id != lone2.trace_id and lone1.request_id is None
 
     def test_explicit_trace_id_is_adopted(self, emitter: Emitter, redis_client: redis.Redis) -> None:
-        """A trace id propagated from elsewhere is used as given."""
+        """A trace id propagated from elsewhere is used as given; a malformed one starts a new trace."""
         with emitter.context(trace_id="f" * 32):
             emitter.event("request.received")
+        with emitter.context(trace_id="not-a-trace-id"):
+            emitter.event("request.received")
         assert emitter.flush(10)
-        assert read_stream(redis_client, NAMES.events)[0].trace_id == "f" * 32
+        good, replaced = read_stream(redis_client, NAMES.events)
+        assert good.trace_id == "f" * 32
+        assert len(replaced.trace_id) == 32 and replaced.trace_id != "not-a-trace-id"
 
 
 class TestNeverCrashTheHost:
@@ -156,10 +160,11 @@ class TestNeverCrashTheHost:
         emitter.runtime_status("sleeping", 1)  # bad enum
         emitter.event("job.created", payload=object())  # not a scalar attribute
         emitter.event("Not A Type")
+        emitter.event("job.created", trace_id="xyz")  # malformed propagated id
         emitter.event("job.created", job_id="ok")
         assert emitter.flush(10)
         stats = emitter.stats()
-        assert stats["dropped"]["invalid"] == 5
+        assert stats["dropped"]["invalid"] == 6
         assert stats["sent"] == 1
         assert [e.job_id for e in read_stream(redis_client, NAMES.events)] == ["ok"]
 
@@ -168,8 +173,10 @@ class TestNeverCrashTheHost:
         with Emitter("engine-1", redis_url, strict=True, hash_secret="s") as em:
             with pytest.raises(ValidationError, match=r">= 0 - at `\$.generation_tokens`"):
                 em.generation_completed("tiny", "r1", 1, -5, 10.0)
-            with pytest.raises(ValidationError, match=r"\$.service"):
-                Emitter("bad name!", redis_url, strict=True, hash_secret="s").event("job.created")
+            with pytest.raises(ValidationError, match=r"\$.trace_id"):
+                em.event("job.created", trace_id="not-hex")
+        with pytest.raises(ValueError, match="service: expected a name matching"):
+            Emitter("bad name!", redis_url, hash_secret="s")
 
     def test_oversized_events_are_dropped_as_too_large(self, redis_url: str, redis_client: redis.Redis) -> None:
         """An event over max_event_bytes is counted as too_large; the limit is on the encoded size."""
