@@ -87,8 +87,9 @@ def machine_header(redis_version: str) -> dict[str, str]:
 def _git_commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip() or "unknown"
+            ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        ).stdout.strip() or "unknown"  # fmt: skip
     except OSError:
         return "unknown"
 
