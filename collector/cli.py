@@ -54,3 +54,7 @@ def _available(name: str) -> bool:
 @click.version_option(package_name="mlx-telemetry")
 def main() -> None:
     """mlx-telemetry collector and operator tools."""
+
+
+if __name__ == "__main__":
+    main()

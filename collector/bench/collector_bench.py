@@ -54,7 +54,7 @@ def _bare_consume(client: redis.Redis, stream: str, group: str, expected: int, b
 
 def _spawn_collector(redis_url: str, prefix: str, jsonl_dir: str, batch: int) -> subprocess.Popen[bytes]:
     argv = [
-        sys.executable, "-m", "collector.cli", "run",
+        sys.executable, "-m", "collector", "run",
         "--redis-url", redis_url, "--stream-prefix", prefix, "--jsonl-dir", jsonl_dir,
         "--consumer", "bench", "--batch-size", str(batch), "--block-ms", "100",
         "--log-format", "json", "--log-level", "warning",

@@ -1,0 +1,5 @@
+"""`python -m collector` runs the `telemetry-collector` CLI."""
+
+from collector.cli import main
+
+main()
