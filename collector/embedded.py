@@ -152,7 +152,9 @@ class RedisProcess:
             argv += ["--requirepass", self.password]
         for name, value in self.config.items():
             for item in [value] if isinstance(value, str) else value:
-                argv += [f"--{name}", item]
+                # redis-server reads each directive's words as separate arguments
+                # (an ACL rule "alice on >pw ~* +@all" is five of them).
+                argv += [f"--{name}", *item.split()]
         return argv
 
     def client(self, **kwargs: object) -> redis.Redis:
