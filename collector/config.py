@@ -25,25 +25,13 @@ import msgspec
 from msgspec import Meta
 
 from collector import durations
+from collector.alerts.config import AlertsConfig
 from collector.durations import Duration
+from collector.logsetup import redact_secrets
+from collector.alerts import config as alerts_config
+from collector.otlp import config as otlp_config
+from collector.otlp.config import OtlpConfig
 from collector.redisconn import redact_url
-
-# TODO(daemon helper, temporary): plain imports once collector/otlp/config.py and
-# collector/alerts/config.py exist (their owners are writing them now).
-try:
-    from collector.otlp import config as otlp_config
-    from collector.otlp.config import OtlpConfig
-except ImportError:
-    otlp_config = None
-
-    class OtlpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):  # type: ignore[no-redef]
-        enabled: bool = False
-try:
-    from collector.alerts.config import AlertsConfig
-except ImportError:
-
-    class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):  # type: ignore[no-redef]
-        enabled: bool = False
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,6 +91,13 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def use_embedded(self) -> bool:
         return self.embedded or self.url is None
+
+    def __repr__(self) -> str:  # the URL may carry a password; reprs end up in logs and tracebacks
+        url = None if self.url is None else redact_url(self.url)
+        return (
+            f"RedisConfig(url={url!r}, embedded={self.embedded!r}, "
+            f"embedded_dir={self.embedded_dir!r}, stream_prefix={self.stream_prefix!r})"
+        )
 
 
 class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -187,20 +182,60 @@ class CliSetting(NamedTuple):
 
 
 CLI_SETTINGS: tuple[CliSetting, ...] = (
-    CliSetting("--redis-url", "redis.url", "Redis URL (redis://, rediss://, unix://); password via TELEMETRY_REDIS_PASSWORD[_FILE]."),
-    CliSetting("--embedded/--no-embedded", "redis.embedded", "Start a private redis-server (the default when no Redis URL is configured)."),
+    CliSetting(
+        "--redis-url",
+        "redis.url",
+        "Redis URL (redis://, rediss://, unix://); password via TELEMETRY_REDIS_PASSWORD[_FILE].",
+    ),
+    CliSetting(
+        "--embedded/--no-embedded",
+        "redis.embedded",
+        "Start a private redis-server (the default when no Redis URL is configured).",
+    ),
     CliSetting("--embedded-dir", "redis.embedded_dir", "Data directory of the embedded redis-server."),
-    CliSetting("--stream-prefix", "redis.stream_prefix", "Key prefix of the streams ({prefix}:events, {prefix}:errors, ...)."),
+    CliSetting(
+        "--stream-prefix",
+        "redis.stream_prefix",
+        "Key prefix of the streams ({prefix}:events, {prefix}:errors, ...).",
+    ),
     CliSetting("--group", "collector.group", "Consumer group name."),
-    CliSetting("--consumer", "collector.consumer", "Consumer name, unique per instance [default: <host>-<pid>]."),
+    CliSetting(
+        "--consumer",
+        "collector.consumer",
+        "Consumer name, unique per instance [default: <host>-<pid>].",
+    ),
     CliSetting("--batch-size", "collector.batch_size", "Entries read per stream and batch."),
     CliSetting("--block-ms", "collector.block_ms", "How long one XREADGROUP waits for new entries (ms)."),
-    CliSetting("--claim-idle", "collector.claim_idle", "Claim other consumers' entries pending longer than this."),
-    CliSetting("--max-deliveries", "collector.max_deliveries", "Dead-letter entries delivered more often than this."),
-    CliSetting("--shutdown-timeout", "collector.shutdown_timeout", "Deadline for finishing the in-flight batch on SIGTERM."),
-    CliSetting("--heartbeat-interval", "collector.heartbeat_interval", "How often the heartbeat hash is refreshed."),
-    CliSetting("--events-retention", "collector.events_retention", "XTRIM MINID age of the events stream (0: off)."),
-    CliSetting("--errors-retention", "collector.errors_retention", "XTRIM MINID age of the errors stream (0: off)."),
+    CliSetting(
+        "--claim-idle",
+        "collector.claim_idle",
+        "Claim other consumers' entries pending longer than this.",
+    ),
+    CliSetting(
+        "--max-deliveries",
+        "collector.max_deliveries",
+        "Dead-letter entries delivered more often than this.",
+    ),
+    CliSetting(
+        "--shutdown-timeout",
+        "collector.shutdown_timeout",
+        "Deadline for finishing the in-flight batch on SIGTERM.",
+    ),
+    CliSetting(
+        "--heartbeat-interval",
+        "collector.heartbeat_interval",
+        "How often the heartbeat hash is refreshed.",
+    ),
+    CliSetting(
+        "--events-retention",
+        "collector.events_retention",
+        "XTRIM MINID age of the events stream (0: off).",
+    ),
+    CliSetting(
+        "--errors-retention",
+        "collector.errors_retention",
+        "XTRIM MINID age of the errors stream (0: off).",
+    ),
     CliSetting("--jsonl/--no-jsonl", "jsonl.enabled", "Write events-/errors-YYYY-MM-DD.jsonl files."),
     CliSetting("--jsonl-dir", "jsonl.dir", "Directory of the JSONL files."),
     CliSetting("--jsonl-max-bytes", "jsonl.max_bytes", "Size at which a JSONL file is rotated."),
@@ -210,7 +245,7 @@ CLI_SETTINGS: tuple[CliSetting, ...] = (
 )
 
 # Sections owned by other modules may publish `CLI_OPTIONS`: (flag, field, help[, env]) tuples.
-_SECTION_MODULES: tuple[tuple[str, Any], ...] = (("otlp", otlp_config),)
+_SECTION_MODULES: tuple[tuple[str, Any], ...] = (("otlp", otlp_config), ("alerts", alerts_config))
 
 
 def cli_settings() -> tuple[CliSetting, ...]:
@@ -245,7 +280,7 @@ def load_config(
     origins: dict[str, str] = {}
     if path is not None:
         data = _read_toml(Path(path))
-        origins.update((leaf, f"in {path}") for leaf in _leaf_paths(data))
+        origins.update((dotted, f"in {path}") for dotted in _dotted_paths(data))
     for setting in settings:
         value = env.get(setting.envvar)
         if value:  # an empty variable counts as unset, as click treats it
@@ -285,12 +320,12 @@ def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _leaf_paths(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
+def _dotted_paths(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         yield dotted
         if isinstance(value, Mapping):
-            yield from _leaf_paths(value, f"{dotted}.")
+            yield from _dotted_paths(value, f"{dotted}.")
 
 
 def _describe(message: str, origins: Mapping[str, str]) -> str:
@@ -301,22 +336,7 @@ def _describe(message: str, origins: Mapping[str, str]) -> str:
 
 # --- showing ---------------------------------------------------------------------------------
 
-_SECRET_KEY = re.compile(r"password|passwd|secret|token|authorization|api_?key|headers", re.IGNORECASE)
-REDACTED = "***"
-
 
 def redacted(config: Config) -> dict[str, Any]:
-    """The config as plain data, safe to print or log: secrets masked, URLs redacted."""
-    return _redact(msgspec.to_builtins(config, enc_hook=durations.enc_hook))
-
-
-def _redact(value: Any, key: str = "") -> Any:
-    if _SECRET_KEY.search(key) and value not in (None, "", {}, []):
-        return REDACTED
-    if isinstance(value, dict):
-        return {name: _redact(item, name) for name, item in value.items()}
-    if isinstance(value, list):
-        return [_redact(item, key) for item in value]
-    if isinstance(value, str) and "://" in value:
-        return redact_url(value)
-    return value
+    """The config as plain data, safe to print or log: secrets masked, URL passwords cut."""
+    return redact_secrets(None, "config", msgspec.to_builtins(config, enc_hook=durations.enc_hook))

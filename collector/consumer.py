@@ -61,7 +61,7 @@ def decode_entries(kind: StreamKind, key: str, entries: Iterable[RawEntry], *, m
 def describe_fields(fields: Sequence[bytes]) -> tuple[Category, str]:
     """Why an entry that is not exactly one ``event`` field cannot be decoded."""
     names = [name.decode(errors="backslashreplace")[:64] for name in fields[0::2]]
-    shown = ", ".join(repr(name) for name in names[:8]) + (", ..." if len(names) > 8 else "")
+    shown = ", ".join(f"`{name}`" for name in names[:8]) + (", ..." if len(names) > 8 else "")
     if PAYLOAD_FIELD in names:
         return "invalid", f"expected only the `{PAYLOAD_FIELD}` field, got {len(names)} fields: {shown}"
     return "missing_field", f"no `{PAYLOAD_FIELD}` field; fields: {shown}"

@@ -59,7 +59,10 @@ _KEY_WORD = re.compile(r"[a-z0-9]+")
 # scheme://user:password@host -> the password, up to the last '@' of the token
 # (an unencoded '@' in a password must not leak its tail).
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)(?P<password>\S*)@")
-_BEARER = re.compile(r"(?P<scheme>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
+# Header values, also percent-encoded as in OTEL_EXPORTER_OTLP_HEADERS ("Bearer%20...").
+_BEARER = re.compile(r"(?P<scheme>\b(?:Bearer|Basic)(?:\s+|%20))[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
+# key=value inside text: query strings (?password=), header lists, env dumps.
+_ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z][A-Za-z0-9_.\-]*)=(?P<value>[^\s,;&'\"]+)")
 
 
 def is_secret_key(key: str) -> bool:
@@ -72,9 +75,16 @@ def is_secret_key(key: str) -> bool:
     return any(secret in compact for secret in _SECRET_WORDS)
 
 
+def _mask_assignment(match: re.Match[str]) -> str:
+    return f"{match['key']}={MASK}" if is_secret_key(match["key"]) else match[0]
+
+
 def mask_credentials(text: str) -> str:
-    """``text`` with URL passwords and bearer/basic credentials replaced by ``***``."""
-    return _BEARER.sub(rf"\g<scheme>{MASK}", _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text))
+    """``text`` with URL passwords, bearer/basic credentials and ``secret_key=value``
+    assignments replaced by ``***``."""
+    text = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
+    text = _BEARER.sub(rf"\g<scheme>{MASK}", text)
+    return _ASSIGNMENT.sub(_mask_assignment, text) if "=" in text else text
 
 
 def _redact_value(value: Any) -> Any:

@@ -59,6 +59,8 @@ __all__ = [
     "Instrumentation",
     "LoadedModel",
     "RuntimeHeartbeat",
+    "register_model",
+    "model_info",
     "instrument",
     "uninstrument",
     "current_instrumentation",
@@ -82,14 +84,15 @@ class LoadedModel:
 
     name: str
     path: str
-    quantization: int | str
+    quantization: Optional[int | str]
     parameters: Optional[int]
 
 
 # id(model) -> LoadedModel. mlx modules are dicts (unhashable), so entries are
 # keyed by id and removed by a weakref finalizer when the model dies.
 _models: dict[int, tuple[LoadedModel, weakref.finalize]] = {}
-_models_lock = threading.Lock()
+# Reentrant: a finalizer may run (garbage collection) while this thread holds it.
+_models_lock = threading.RLock()
 
 # sampler function -> the make_sampler settings it was built with.
 _samplers: "weakref.WeakKeyDictionary[Callable[..., Any], dict[str, float | int]]" = weakref.WeakKeyDictionary()
@@ -111,6 +114,11 @@ def _forget_model_id(key: int) -> Optional[LoadedModel]:
         return None
     entry[1].detach()
     return entry[0]
+
+
+def register_model(model: Any, name: str, path: Optional[str] = None) -> None:
+    """Name a model that was loaded without instrumentation, for its generation events."""
+    _remember_model(model, LoadedModel(name=name, path=path or name, quantization=None, parameters=None))
 
 
 def model_info(model: Any) -> Optional[LoadedModel]:
@@ -194,6 +202,7 @@ class Instrumentation:
         self._make_sampler_fn: Callable[..., Any] = _original(sample_utils.make_sampler)
         self._greedy = sample_utils.greedy_sampler
         self._load_signature = inspect.signature(self._load_fn)
+        self._sampler_signature = inspect.signature(self._make_sampler_fn)
         self._stream_signature = inspect.signature(self._stream_fn)
         max_tokens = self._stream_signature.parameters.get("max_tokens")
         self._default_max_tokens = (
@@ -264,7 +273,7 @@ class Instrumentation:
     def make_sampler(self, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         """``make_sampler`` that remembers its settings for ``generation.started``."""
         sampler = self._make_sampler_fn(*args, **kwargs)
-        bound = inspect.signature(self._make_sampler_fn).bind(*args, **kwargs)
+        bound = self._sampler_signature.bind(*args, **kwargs)
         bound.apply_defaults()
         if sampler is not self._greedy:
             settings = {

@@ -19,8 +19,6 @@ from collector.sinks import jsonl
 from collector.sinks.jsonl import JsonlSink, RotatingJsonlWriter, encode_record, segment_files
 from emitters import events
 
-DAY = 86400.0
-
 
 def utc(text: str) -> float:
     return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp()
@@ -124,7 +122,7 @@ class TestRotatingJsonlWriter:
     def test_rotates_by_size_without_splitting_lines(self, tmp_path: Path) -> None:
         """Segments .1, .2, ... never exceed max_bytes, and together hold every line in order."""
         clock = FakeClock(utc("2024-05-01T12:00:00"))
-        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=100, retention_days=None, clock=clock)
+        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=100, retention_days=0, clock=clock)
         lines = [b'{"n":%03d,"pad":"xxxxxxxxxxxx"}' % n for n in range(20)]  # 29 bytes + newline
         writer.write_lines(lines[:7])
         writer.write_lines(lines[7:])
@@ -142,7 +140,7 @@ class TestRotatingJsonlWriter:
     def test_a_line_longer_than_max_bytes_is_written_alone(self, tmp_path: Path) -> None:
         """An oversized line is not dropped or split: it gets a segment to itself."""
         clock = FakeClock(utc("2024-05-01T12:00:00"))
-        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=50, retention_days=None, clock=clock)
+        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=50, retention_days=0, clock=clock)
         big = b'{"blob":"' + b"x" * 200 + b'"}'
         writer.write_lines([b'{"a":1}', big, b'{"a":2}'])
         writer.close()
@@ -152,11 +150,11 @@ class TestRotatingJsonlWriter:
     def test_a_restarted_writer_continues_in_the_newest_segment(self, tmp_path: Path) -> None:
         """After a restart the writer appends to the day's last segment, not to the first one."""
         clock = FakeClock(utc("2024-05-01T12:00:00"))
-        first = RotatingJsonlWriter(tmp_path, "events", max_bytes=40, retention_days=None, clock=clock)
+        first = RotatingJsonlWriter(tmp_path, "events", max_bytes=40, retention_days=0, clock=clock)
         first.write_lines([b'{"n":"aaaaaaaaaaaaaaaaaaaaaaaaaaaa"}'] * 2)
         first.close()
         assert first.current_path is not None and first.current_path.name == "events-2024-05-01.1.jsonl"
-        second = RotatingJsonlWriter(tmp_path, "events", max_bytes=1 << 20, retention_days=None, clock=clock)
+        second = RotatingJsonlWriter(tmp_path, "events", max_bytes=1 << 20, retention_days=0, clock=clock)
         second.write_lines([b'{"n":"after restart"}'])
         second.close()
         assert second.current_path == first.current_path
@@ -167,7 +165,7 @@ class TestRotatingJsonlWriter:
         """New segments are rw-r----- even under a restrictive or permissive umask."""
         previous = os.umask(umask)
         try:
-            writer = RotatingJsonlWriter(tmp_path / "d", "events", max_bytes=10, retention_days=None)
+            writer = RotatingJsonlWriter(tmp_path / "d", "events", max_bytes=10, retention_days=0)
             writer.write_lines([b'{"a":1}', b'{"a":2}'])  # two segments
             writer.close()
         finally:
@@ -199,6 +197,16 @@ class TestRotatingJsonlWriter:
         ]
         assert writer.removed_files == 3
 
+    @pytest.mark.parametrize("forever", [0, None])
+    def test_retention_zero_or_none_keeps_every_file(self, tmp_path: Path, forever: int | None) -> None:
+        """retention_days=0 (the config's "forever") or None deletes nothing, however old."""
+        ancient = tmp_path / "events-2001-01-01.jsonl"
+        ancient.write_text("{}\n")
+        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=1 << 20, retention_days=forever)
+        writer.write_lines([b"{}"])
+        writer.close()
+        assert ancient.exists() and writer.removed_files == 0
+
     def test_retention_is_checked_periodically_not_on_every_write(self, tmp_path: Path) -> None:
         """An expired file appearing between checks survives until the next interval or day change."""
         clock = FakeClock(utc("2024-05-01T08:00:00"))
@@ -222,7 +230,7 @@ class TestRotatingJsonlWriter:
 
     def test_a_file_removed_under_the_writer_is_recreated(self, tmp_path: Path) -> None:
         """Deleting the current file (an operator cleaning up) does not send writes into the void."""
-        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=1 << 20, retention_days=None)
+        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=1 << 20, retention_days=0)
         writer.write_lines([b'{"a":1}'])
         assert writer.current_path is not None
         writer.current_path.unlink()
@@ -234,7 +242,7 @@ class TestRotatingJsonlWriter:
         self, tmp_path: Path, fail_writes_under: Callable[[Path, int], None], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """ENOSPC after a partial write raises, truncates the partial data, and a retry writes cleanly."""
-        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=1 << 20, retention_days=None)
+        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=1 << 20, retention_days=0)
         writer.write_lines([b'{"a":1}'])
         fail_writes_under(tmp_path, errno.ENOSPC)
         with pytest.raises(OSError) as failure:
@@ -248,7 +256,7 @@ class TestRotatingJsonlWriter:
 
     def test_rejects_a_line_with_a_newline(self, tmp_path: Path) -> None:
         """A newline inside a line would break the framing; nothing is written."""
-        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=100, retention_days=None)
+        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=100, retention_days=0)
         with pytest.raises(ValueError, match="newline"):
             writer.write_lines([b'{"a":1}', b'{"a":\n2}'])
         writer.close()
@@ -259,7 +267,7 @@ class TestRotatingJsonlWriter:
         [
             ({"stem": "../evil", "max_bytes": 1, "retention_days": 1}, "stem"),
             ({"stem": "events", "max_bytes": 0, "retention_days": 1}, "max_bytes: must be > 0"),
-            ({"stem": "events", "max_bytes": 1, "retention_days": 0}, "retention_days: must be >= 1"),
+            ({"stem": "events", "max_bytes": 1, "retention_days": -1}, "retention_days: must be >= 0"),
         ],
     )
     def test_bad_settings_are_rejected_naming_the_parameter(
@@ -272,7 +280,7 @@ class TestRotatingJsonlWriter:
 
     def test_write_after_close_is_an_error(self, tmp_path: Path) -> None:
         """A closed writer refuses writes instead of silently reopening."""
-        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=100, retention_days=None)
+        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=100, retention_days=0)
         writer.close()
         with pytest.raises(RuntimeError, match="closed"):
             writer.write_lines([b"{}"])

@@ -112,6 +112,9 @@ class TestMaskCredentials:
             (f"connect to redis://u:{PASSWORD}@h/0 failed", "connect to redis://u:***@h/0 failed"),
             ("redis://u:p@ss@host:1/0", "redis://u:***@host:1/0"),  # an unencoded '@' in the password
             ("Authorization: Bearer abc.def-ghi", "Authorization: Bearer ***"),
+            ("Authorization=Bearer%20abc123,Dash0-Dataset=prod", "Authorization=***,Dash0-Dataset=prod"),
+            ("rediss://h:6380/0?password=s3cr3t&db=0", "rediss://h:6380/0?password=***&db=0"),
+            ("x-api-key=k-123 token=t-456 tokens=7", "x-api-key=*** token=*** tokens=7"),
             ("redis://redis:6379/0", "redis://redis:6379/0"),
             ("http://host/path@v2", "http://host/path@v2"),
         ],

@@ -39,8 +39,11 @@ __all__ = [
     "WebhookConfig",
     "AlertsConfig",
     "DEFAULT_RULES",
+    "CLI_OPTIONS",
     "LAG_EVENT_TYPE",
     "compile_glob",
+    "type_pattern",
+    "service_pattern",
 ]
 
 EventSeverity = Literal["debug", "info", "warn", "error", "critical"]
@@ -103,6 +106,16 @@ def compile_glob(pattern: str, *, allowed: re.Pattern[str], what: str) -> re.Pat
     return re.compile(fnmatch.translate(pattern))
 
 
+def type_pattern(glob: str) -> re.Pattern[str]:
+    """The regex of an event-type glob (``generation.*``); ValueError naming ``type``."""
+    return compile_glob(glob, allowed=_TYPE_GLOB, what="type")
+
+
+def service_pattern(glob: str) -> re.Pattern[str]:
+    """The regex of a service glob (``engine-*``); ValueError naming ``service``."""
+    return compile_glob(glob, allowed=_SERVICE_GLOB, what="service")
+
+
 def _check_field_name(name: str, what: str) -> None:
     root, dot, _ = name.partition(".")
     if dot and root not in NESTED_FIELDS:
@@ -134,9 +147,9 @@ class Filter(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.type is not None:
-            compile_glob(self.type, allowed=_TYPE_GLOB, what="type")
+            type_pattern(self.type)
         if self.service is not None:
-            compile_glob(self.service, allowed=_SERVICE_GLOB, what="service")
+            service_pattern(self.service)
         for name in self.fields:
             _check_field_name(name, "fields")
 
@@ -291,6 +304,11 @@ class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             headers[header] = value
         return headers
 
+
+# `run` options bound to fields of this section: (flag, field, help); rules live in the TOML file.
+CLI_OPTIONS: tuple[tuple[str, ...], ...] = (
+    ("--alerts/--no-alerts", "enabled", "Evaluate the alert rules ([alerts] in the config) [default: on]."),
+)
 
 DEFAULT_RULES: tuple[Rule, ...] = (
     RateRule(

@@ -18,14 +18,19 @@ Attribute names (logs and spans):
 - envelope: ``event.id``, ``event.name`` (logs), ``request.id``, ``job.id``,
   ``worker.id``, ``machine.id``, ``user.id`` (already hashed by the emitter),
   ``span.parent_id``;
-- typed fields: the GenAI semantic convention name where there is one
-  (:data:`SEMCONV_KEYS`, e.g. ``gen_ai.request.model``,
-  ``gen_ai.usage.output_tokens``, ``exception.type``), otherwise
-  ``mlx.<entity>.<field>`` (``mlx.generation.ttft_ms``, ``mlx.model.load_ms``);
+- typed fields: the semantic-convention name where there is one
+  (:data:`FIELD_KEYS`: ``gen_ai.request.model``, ``gen_ai.usage.input_tokens``,
+  ``gen_ai.usage.output_tokens``, ``gen_ai.response.finish_reasons``,
+  ``gen_ai.request.*``, ``exception.message/type/stacktrace``; errors also get
+  ``error.type``), otherwise ``mlx.<entity>.<field>``
+  (``mlx.generation.ttft_ms``, ``mlx.generation.tokens_per_second``,
+  ``mlx.model.load_ms``, with ``mlx.model.path`` and ``mlx.token.text``);
   maps (``metadata``, ``context``) flatten to ``mlx.<entity>.<field>.<key>``;
 - ``attrs`` keep their own keys, so an emitter can add semantic-convention
-  attributes itself (``gen_ai.operation.name="chat"`` also names the span
-  operation); a key that collides with one of the above becomes ``attrs.<key>``.
+  attributes itself; on generation spans ``gen_ai.operation.name`` (``chat``)
+  and ``gen_ai.provider.name`` from ``attrs`` replace the defaults
+  (``text_completion``, ``mlx``). A key that collides with one of ours
+  becomes ``attrs.<key>``.
 
 Prompt and token text (``prompt``, ``token``) are content: they are exported
 only with ``capture_content`` on.
@@ -63,12 +68,15 @@ from emitters.events import (
 __all__ = [
     "TranslateOptions",
     "Translator",
-    "SEMCONV_KEYS",
+    "FIELD_KEYS",
+    "OPERATION_KEY",
+    "PROVIDER_KEY",
     "ENVELOPE_KEYS",
     "SEVERITY_NUMBERS",
     "attribute_key_for",
     "span_duration_ms",
     "operation_name",
+    "provider_name",
     "resource_attributes",
 ]
 
@@ -90,8 +98,9 @@ ENVELOPE_KEYS: dict[str, str] = {
     "parent_span_id": "span.parent_id",
 }
 
-# Typed fields that have a semantic-convention name: (event type, field) -> key.
-SEMCONV_KEYS: dict[tuple[str, str], str] = {
+# Typed fields not named mlx.<entity>.<field>: (event type, field) -> key. Mostly
+# semantic-convention names; two plain renames where the default would stutter.
+FIELD_KEYS: dict[tuple[str, str], str] = {
     **{(name, "model"): "gen_ai.request.model" for name in TYPED_EVENTS},
     ("generation.started", "prompt_tokens"): "gen_ai.usage.input_tokens",
     ("generation.started", "max_tokens"): "gen_ai.request.max_tokens",
@@ -105,6 +114,8 @@ SEMCONV_KEYS: dict[tuple[str, str], str] = {
     ("error", "message"): "exception.message",
     ("error", "error_type"): "exception.type",
     ("error", "stack"): "exception.stacktrace",
+    ("model.loaded", "model_path"): "mlx.model.path",
+    ("token.generated", "token"): "mlx.token.text",
 }
 # Besides exception.type, errors carry the low-cardinality error.type used by metrics.
 _ERROR_TYPE_KEY = "error.type"
@@ -126,7 +137,7 @@ _CACHE_LIMIT = 4096
 
 def attribute_key_for(event_type: str, field: str) -> str:
     """The attribute name of a typed field (see the module docstring)."""
-    return SEMCONV_KEYS.get((event_type, field)) or f"mlx.{event_type.split('.')[0]}.{field}"
+    return FIELD_KEYS.get((event_type, field)) or f"mlx.{event_type.split('.')[0]}.{field}"
 
 
 class TranslateOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,6 +156,12 @@ def operation_name(event: Event, options: TranslateOptions) -> str:
     """``gen_ai.operation.name``: the event's own ``attrs`` value, else the default."""
     value = event.attrs.get(OPERATION_KEY)
     return value if isinstance(value, str) and value else options.default_operation
+
+
+def provider_name(event: Event, options: TranslateOptions) -> str:
+    """``gen_ai.provider.name``: the event's own ``attrs`` value, else the configured one."""
+    value = event.attrs.get(PROVIDER_KEY)
+    return value if isinstance(value, str) and value else options.provider_name
 
 
 def span_duration_ms(event: Event) -> Optional[float]:
@@ -198,17 +215,22 @@ _PLANS: dict[type, tuple[tuple[_FieldPlan, ...], tuple[_FieldPlan, ...]]] = {
 _ENVELOPE_PLAN = tuple((field, wire.attribute_key(key)) for field, key in ENVELOPE_KEYS.items())
 _ERROR_TYPE_ENCODED = wire.attribute_key(_ERROR_TYPE_KEY)
 _EVENT_NAME_KEY = wire.attribute_key("event.name")
+_OPERATION_ENCODED = wire.attribute_key(OPERATION_KEY)
+_PROVIDER_ENCODED = wire.attribute_key(PROVIDER_KEY)
 
 
 def _reserved(cls: Optional[type]) -> frozenset[str]:
-    keys = set(ENVELOPE_KEYS.values()) | {"event.name", OPERATION_KEY, PROVIDER_KEY, _ERROR_TYPE_KEY}
+    """Keys an event of ``cls`` sets itself; ``attrs`` with these keys get an ``attrs.`` prefix."""
+    keys = set(ENVELOPE_KEYS.values()) | {"event.name", _ERROR_TYPE_KEY}
     if cls is not None:
         keys |= {entry[3] for entry in _PLANS[cls][1]}
     return frozenset(keys)
 
 
 _RESERVED: dict[Optional[type], frozenset[str]] = {cls: _reserved(cls) for cls in TYPED_EVENTS.values()}
-_RESERVED_CUSTOM = _reserved(None)
+_RESERVED[None] = _reserved(None)
+# On generation spans these two attrs name the operation and provider instead.
+_SPAN_CONSUMED = frozenset({OPERATION_KEY, PROVIDER_KEY})
 
 
 # -- tags, derived from the generated descriptors ------------------------------
@@ -276,6 +298,14 @@ _SEVERITY_FIELDS: dict[str, bytes] = {
 _ResourceKey = tuple[str, str, int]
 
 
+class _TypeFields(msgspec.Struct, frozen=True):
+    """Encodings that depend only on the event type."""
+
+    body: bytes  # LogRecord.body = the type (events other than `error`)
+    name_attribute: bytes  # LogRecord.attributes `event.name`
+    event_name: bytes  # LogRecord.event_name
+
+
 class Translator:
     """Translates batches of events; keeps only caches of constant encodings.
 
@@ -290,104 +320,113 @@ class Translator:
         scope += wire.length_delimited(_T_SCOPE_VERSION, self.options.scope_version.encode())
         self._scope = scope
         self._resources: dict[_ResourceKey, bytes] = {}
-        self._type_fields: dict[str, bytes] = {}
+        self._types: dict[str, _TypeFields] = {}
         self._plan_index = 1 if self.options.capture_content else 0
 
-    # -- logs --------------------------------------------------------------
+    # -- logs and spans ----------------------------------------------------
+
+    def translate(
+        self, events: Iterable[Event], observed_ns: int, *, logs: bool = True, spans: bool = True
+    ) -> tuple[list[bytes], list[bytes]]:
+        """(``ExportLogsServiceRequest`` payloads, ``ExportTraceServiceRequest`` payloads).
+
+        One log record per event, one span per event carrying a duration;
+        each event's attributes are encoded once for both. No span, no
+        trace request.
+        """
+        log_groups: dict[_ResourceKey, list[bytes]] = {}
+        span_groups: dict[_ResourceKey, list[bytes]] = {}
+        log_tag, span_tag = _LOGS.item, _TRACES.item
+        for event in events:
+            duration_ms = span_duration_ms(event) if spans else None
+            if not logs and duration_ms is None:
+                continue
+            key = (event.service, event.host, event.pid)
+            items = self._attribute_items(event)
+            if logs:
+                record = self._log_record(event, observed_ns, items)
+                log_groups.setdefault(key, []).append(wire.length_delimited(log_tag, record))
+            if duration_ms is not None:
+                span = self._span(event, duration_ms, items)
+                span_groups.setdefault(key, []).append(wire.length_delimited(span_tag, span))
+        return self._requests(_LOGS, log_groups), self._requests(_TRACES, span_groups)
 
     def logs(self, events: Iterable[Event], observed_ns: int) -> list[bytes]:
         """``ExportLogsServiceRequest`` payloads holding one record per event."""
-        groups: dict[_ResourceKey, list[bytes]] = {}
-        item_tag = _LOGS.item
-        for event in events:
-            record = self.log_record(event, observed_ns)
-            key = (event.service, event.host, event.pid)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = []
-            group.append(wire.length_delimited(item_tag, record))
-        return self._requests(_LOGS, groups)
-
-    def log_record(self, event: Event, observed_ns: int) -> bytes:
-        """One serialized ``LogRecord`` (without its enclosing field tag)."""
-        event_type = event.type
-        type_fields = self._type_fields.get(event_type)
-        if type_fields is None:
-            type_fields = self._encode_type_fields(event_type)
-        if type(event) is ErrorEvent:
-            body = wire.length_delimited(_T_BODY, wire.length_delimited(_T_STRING, event.message.encode()))
-        else:
-            body = b""
-        parts = [
-            _T_TIME,
-            wire.fixed64(b"", event.ts),
-            _T_OBSERVED,
-            wire.fixed64(b"", observed_ns),
-            _SEVERITY_FIELDS[event.severity],
-            body or type_fields,
-        ]
-        self._attributes(event, _T_LOG_ATTRIBUTE, parts, for_span=False)
-        parts.append(_T_LOG_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id))
-        parts.append(_T_LOG_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id))
-        parts.append(self._type_fields[event_type + "\x00name"])
-        return b"".join(parts)
-
-    def _encode_type_fields(self, event_type: str) -> bytes:
-        """Body (the type) and the event.name attribute, plus the event_name field.
-
-        The cache is bounded: custom event types are open-ended.
-        """
-        if len(self._type_fields) >= _CACHE_LIMIT:
-            self._type_fields.clear()
-        name = event_type.encode()
-        body = wire.length_delimited(_T_BODY, wire.length_delimited(_T_STRING, name))
-        attribute = wire.length_delimited(_T_LOG_ATTRIBUTE, wire.encoded_attribute(_EVENT_NAME_KEY, event_type))
-        self._type_fields[event_type] = body
-        self._type_fields[event_type + "\x00attr"] = attribute
-        self._type_fields[event_type + "\x00name"] = wire.length_delimited(_T_EVENT_NAME, name)
-        return body
-
-    # -- spans -------------------------------------------------------------
+        return self.translate(events, observed_ns, spans=False)[0]
 
     def spans(self, events: Iterable[Event]) -> list[bytes]:
         """``ExportTraceServiceRequest`` payloads; empty when no event makes a span."""
-        groups: dict[_ResourceKey, list[bytes]] = {}
-        item_tag = _TRACES.item
-        for event in events:
-            span = self.span(event)
-            if span is None:
-                continue
-            key = (event.service, event.host, event.pid)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = []
-            group.append(wire.length_delimited(item_tag, span))
-        return self._requests(_TRACES, groups) if groups else []
+        return self.translate(events, 0, logs=False)[1]
+
+    def log_record(self, event: Event, observed_ns: int) -> bytes:
+        """One serialized ``LogRecord`` (without its enclosing field tag)."""
+        return self._log_record(event, observed_ns, self._attribute_items(event))
 
     def span(self, event: Event) -> Optional[bytes]:
         """One serialized ``Span``, or None when the event carries no duration."""
         duration_ms = span_duration_ms(event)
-        if duration_ms is None:
-            return None
-        model = getattr(event, "model", None)
-        if isinstance(event, GenerationCompleted):
-            name = f"{operation_name(event, self.options)} {model}"
+        return None if duration_ms is None else self._span(event, duration_ms, self._attribute_items(event))
+
+    def _log_record(self, event: Event, observed_ns: int, items: list[bytes]) -> bytes:
+        fields = self._types.get(event.type) or self._type_fields(event.type)
+        if type(event) is ErrorEvent:
+            body = wire.length_delimited(_T_BODY, wire.length_delimited(_T_STRING, event.message.encode()))
         else:
-            name = f"{event.type} {model}" if model else event.type
-        start = max(0, event.ts - round(duration_ms * 1_000_000))
+            body = fields.body
+        return b"".join(
+            (
+                wire.fixed64(_T_TIME, event.ts),
+                wire.fixed64(_T_OBSERVED, observed_ns),
+                _SEVERITY_FIELDS[event.severity],
+                body,
+                fields.name_attribute,
+                wire.repeated(_T_LOG_ATTRIBUTE, items),
+                _T_LOG_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id),
+                _T_LOG_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id),
+                fields.event_name,
+            )
+        )
+
+    def _type_fields(self, event_type: str) -> _TypeFields:
+        if len(self._types) >= _CACHE_LIMIT:  # custom event types are open-ended
+            self._types.clear()
+        name = event_type.encode()
+        fields = _TypeFields(
+            body=wire.length_delimited(_T_BODY, wire.length_delimited(_T_STRING, name)),
+            name_attribute=_T_LOG_ATTRIBUTE + wire.sized_attribute(_EVENT_NAME_KEY, event_type),
+            event_name=wire.length_delimited(_T_EVENT_NAME, name),
+        )
+        self._types[event_type] = fields
+        return fields
+
+    def _span(self, event: Event, duration_ms: float, items: list[bytes]) -> bytes:
+        model = getattr(event, "model", None)
         parts = [
             _T_SPAN_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id),
             _T_SPAN_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id),
         ]
         if event.parent_span_id:
             parts.append(_T_SPAN_PARENT + b"\x08" + bytes.fromhex(event.parent_span_id))
+        if type(event) is GenerationCompleted:
+            operation = operation_name(event, self.options)
+            name = f"{operation} {model}"
+            generation = [
+                wire.sized_attribute(_OPERATION_ENCODED, operation),
+                wire.sized_attribute(_PROVIDER_ENCODED, provider_name(event, self.options)),
+            ]
+            if not _SPAN_CONSUMED.isdisjoint(event.attrs):
+                items = self._attribute_items(event, consumed=_SPAN_CONSUMED)
+            items = generation + items
+        else:
+            name = f"{event.type} {model}" if model else event.type
         parts.append(wire.length_delimited(_T_SPAN_NAME, name.encode()))
         parts.append(_T_SPAN_KIND + wire.varint(_SPAN_KIND_INTERNAL))
-        parts.append(wire.fixed64(_T_SPAN_START, start))
+        parts.append(wire.fixed64(_T_SPAN_START, max(0, event.ts - round(duration_ms * 1_000_000))))
         parts.append(wire.fixed64(_T_SPAN_END, event.ts))
-        self._attributes(event, _T_SPAN_ATTRIBUTE, parts, for_span=True)
+        parts.append(wire.repeated(_T_SPAN_ATTRIBUTE, items))
         if SEVERITY_RANK[event.severity] >= _ERROR_RANK:
-            message = event.message if isinstance(event, ErrorEvent) else event.type
+            message = event.message if type(event) is ErrorEvent else event.type
             status = _T_STATUS_CODE + wire.varint(_STATUS_ERROR)
             status += wire.length_delimited(_T_STATUS_MESSAGE, message.encode())
             parts.append(wire.length_delimited(_T_SPAN_STATUS, status))
@@ -395,20 +434,14 @@ class Translator:
 
     # -- shared ------------------------------------------------------------
 
-    def _attributes(self, event: Event, wrap: bytes, parts: list[bytes], *, for_span: bool) -> None:
-        """Append the event's attributes, each wrapped in field ``wrap``."""
-        ld = wire.length_delimited
-        kv = wire.encoded_attribute
-        if for_span:
-            if isinstance(event, GenerationCompleted):
-                parts.append(ld(wrap, wire.attribute(OPERATION_KEY, operation_name(event, self.options))))
-                parts.append(ld(wrap, wire.attribute(PROVIDER_KEY, self.options.provider_name)))
-        else:
-            parts.append(self._type_fields[event.type + "\x00attr"])
+    def _attribute_items(self, event: Event, consumed: frozenset[str] = frozenset()) -> list[bytes]:
+        """The event's attributes as length-prefixed ``KeyValue`` items (see :func:`wire.repeated`)."""
+        attribute = wire.sized_attribute
+        items = []
         for field, key in _ENVELOPE_PLAN:
             value = getattr(event, field)
             if value is not None:
-                parts.append(ld(wrap, kv(key, value)))
+                items.append(attribute(key, value))
         cls = type(event)
         plans = _PLANS.get(cls)
         if plans is not None:
@@ -417,23 +450,23 @@ class Translator:
                 if value is None:
                     continue
                 if kind == _SCALAR:
-                    parts.append(ld(wrap, kv(key, value)))
+                    items.append(attribute(key, value))
                 elif kind == _ARRAY:
-                    parts.append(ld(wrap, wire.string_array_attribute(key, (value,))))
+                    items.append(wire.length_delimited(b"", wire.string_array_attribute(key, (value,))))
                 else:
-                    for sub_key, sub_value in value.items():
-                        parts.append(ld(wrap, wire.attribute(f"{name}.{sub_key}", sub_value)))
+                    for map_key, map_value in value.items():
+                        items.append(attribute(wire.attribute_key(f"{name}.{map_key}"), map_value))
             if cls is ErrorEvent:
-                parts.append(ld(wrap, kv(_ERROR_TYPE_ENCODED, event.error_type)))
+                items.append(attribute(_ERROR_TYPE_ENCODED, event.error_type))
         if event.attrs:
-            reserved = _RESERVED.get(cls, _RESERVED_CUSTOM) if plans is not None else _RESERVED_CUSTOM
+            reserved = _RESERVED.get(cls) or _RESERVED[None]
             for key, value in event.attrs.items():
+                if key in consumed:
+                    continue
                 if key in reserved:
-                    if for_span and key == OPERATION_KEY:
-                        continue  # already the span's operation
-                    if not (key == OPERATION_KEY and not for_span):
-                        key = f"attrs.{key}"
-                parts.append(ld(wrap, wire.attribute(key, value)))
+                    key = f"attrs.{key}"
+                items.append(attribute(wire.attribute_key(key), value))
+        return items
 
     def _resource(self, key: _ResourceKey) -> bytes:
         resource = self._resources.get(key)
@@ -449,21 +482,31 @@ class Translator:
         return resource
 
     def _requests(self, shape: _Envelope, groups: dict[_ResourceKey, list[bytes]]) -> list[bytes]:
-        """Assemble items into requests of at most ``max_request_bytes`` each."""
+        """Assemble items into requests of at most ``max_request_bytes`` each.
+
+        A resource group that does not fit is continued in the next request;
+        an item larger than the limit travels alone.
+        """
         limit = self.options.max_request_bytes
         scope = wire.length_delimited(shape.scope, self._scope)
         requests: list[bytes] = []
-        current: list[bytes] = []
+        current: list[bytes] = []  # resource groups of the request being built
         size = 0
         for key, items in groups.items():
             head = wire.length_delimited(shape.resource, self._resource(key))
-            overhead = len(head) + len(scope) + 16
-            for chunk in _chunks(items, limit - size - overhead, limit - overhead):
-                if size and sum(map(len, chunk)) + overhead > limit - size:
+            overhead = len(head) + len(scope) + 16  # tags and length prefixes
+            run: list[bytes] = []
+            run_size = 0
+            for item in items:
+                if (run or current) and size + overhead + run_size + len(item) > limit:
+                    if run:
+                        current.append(_group(shape, head, scope, run))
                     requests.append(b"".join(current))
-                    current, size = [], 0
-                scope_group = wire.length_delimited(shape.scope_group, scope + b"".join(chunk))
-                group = wire.length_delimited(shape.resource_group, head + scope_group)
+                    current, size, run, run_size = [], 0, [], 0
+                run.append(item)
+                run_size += len(item)
+            if run:
+                group = _group(shape, head, scope, run)
                 current.append(group)
                 size += len(group)
         if current:
@@ -471,20 +514,6 @@ class Translator:
         return requests
 
 
-def _chunks(items: Sequence[bytes], first_room: int, room: int) -> Iterator[list[bytes]]:
-    """Split ``items`` into runs that fit ``first_room`` then ``room`` bytes each.
-
-    A run always holds at least one item, however large.
-    """
-    chunk: list[bytes] = []
-    size = 0
-    limit = max(first_room, 0)
-    for item in items:
-        if chunk and size + len(item) > limit:
-            yield chunk
-            chunk, size, limit = [], 0, room
-        chunk.append(item)
-        size += len(item)
-    if chunk:
-        yield chunk
-
+def _group(shape: _Envelope, head: bytes, scope: bytes, items: list[bytes]) -> bytes:
+    scope_group = wire.length_delimited(shape.scope_group, scope + b"".join(items))
+    return wire.length_delimited(shape.resource_group, head + scope_group)

@@ -25,9 +25,12 @@ __all__ = [
     "varint",
     "length_delimited",
     "fixed64",
+    "any_value",
     "attribute",
     "attribute_key",
     "encoded_attribute",
+    "sized_attribute",
+    "repeated",
     "string_array_attribute",
 ]
 
@@ -50,7 +53,7 @@ _WIRE_TYPES = {
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def varint(value: int) -> bytes:
+def _varint(value: int) -> bytes:
     """Base-128 varint; negative int64 values as their 64-bit two's complement."""
     if value < 0:
         value &= 0xFFFFFFFFFFFFFFFF
@@ -62,8 +65,13 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-# Most lengths are small: a table lookup instead of a loop.
-_SMALL_VARINTS = tuple(varint(n) for n in range(1 << 14))
+# Most lengths and counts are small: a table lookup instead of a loop.
+_SMALL_VARINTS = tuple(_varint(n) for n in range(1 << 14))
+
+
+def varint(value: int) -> bytes:
+    """Base-128 varint; negative int64 values as their 64-bit two's complement."""
+    return _SMALL_VARINTS[value] if 0 <= value < 16384 else _varint(value)
 
 
 def tag(message: Descriptor, field_name: str) -> bytes:
@@ -119,6 +127,30 @@ def any_value(value: AttrValue) -> bytes:
 def encoded_attribute(encoded_key: bytes, value: AttrValue) -> bytes:
     """A ``KeyValue`` body (without its outer field tag) from a pre-encoded key."""
     return encoded_key + length_delimited(_VALUE, any_value(value))
+
+
+def sized_attribute(encoded_key: bytes, value: AttrValue) -> bytes:
+    """A ``KeyValue`` with its length prefix but no field tag.
+
+    Logs and spans hold the same attributes under different field numbers:
+    joining these with the field's tag (``tag + tag.join(items)``) makes
+    either from one encoding. This runs for every attribute of every record:
+    short strings, the common case, are written with one join and table
+    lookups.
+    """
+    if type(value) is str:
+        data = value.encode()
+        size = len(data)
+        body_size = len(encoded_key) + size + 4
+        if body_size < 16384 and size < 126:
+            table = _SMALL_VARINTS
+            return b"".join((table[body_size], encoded_key, _VALUE, table[size + 2], _STRING, table[size], data))
+    return length_delimited(b"", encoded_key + length_delimited(_VALUE, any_value(value)))
+
+
+def repeated(field_tag: bytes, sized_items: Sequence[bytes]) -> bytes:
+    """A repeated message field from length-prefixed items."""
+    return field_tag + field_tag.join(sized_items) if sized_items else b""
 
 
 def attribute(key: str, value: AttrValue) -> bytes:

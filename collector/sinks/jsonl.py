@@ -89,9 +89,9 @@ class RotatingJsonlWriter:
 
     ``max_bytes`` caps a segment (a single longer line still gets written, alone
     in its segment); ``retention_days`` keeps the files of today and of that many
-    previous days (``None`` keeps everything). Retention runs when the writer
-    opens, when the day changes and every ``retention_check_interval`` seconds,
-    not on every write. Thread-safe; ``clock`` (unix seconds) is injectable.
+    previous days (0 or ``None`` keeps everything). Retention runs on the first write, when
+    the day changes and every ``retention_check_interval`` seconds, not on every
+    write. Thread-safe; ``clock`` (unix seconds) is injectable.
     """
 
     def __init__(
@@ -108,8 +108,8 @@ class RotatingJsonlWriter:
             raise ValueError(f"stem: must be letters, digits, '_', '.' or '-', got {stem!r}")
         if max_bytes <= 0:
             raise ValueError(f"max_bytes: must be > 0, got {max_bytes}")
-        if retention_days is not None and retention_days < 1:
-            raise ValueError(f"retention_days: must be >= 1 (or None to keep all), got {retention_days}")
+        if retention_days is not None and retention_days < 0:
+            raise ValueError(f"retention_days: must be >= 0 (0 keeps every file), got {retention_days}")
         if retention_check_interval <= 0:
             raise ValueError(f"retention_check_interval: must be > 0, got {retention_check_interval}")
         self.directory = Path(directory)
@@ -136,15 +136,16 @@ class RotatingJsonlWriter:
     def write_lines(self, lines: Sequence[bytes]) -> None:
         """Append ``lines`` (each one JSON document, without its newline) durably.
 
-        Raises ``OSError`` (disk full, permission denied, ...) after cutting the
-        file back to where this call started, and ``ValueError`` for a line
-        with a newline in it, which would break the one-object-per-line framing.
+        Raises ``OSError`` (disk full, permission denied, ...) after cutting a
+        partial write back, so that the retry does not append to a torn line,
+        and ``ValueError`` for a line with a newline in it, which would break
+        the one-object-per-line framing.
         """
+        if not lines:
+            return
         for line in lines:
             if b"\n" in line:
                 raise ValueError("a JSONL line must not contain a newline")
-        if not lines:
-            return
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self.stem} writer is closed")
@@ -242,7 +243,7 @@ class RotatingJsonlWriter:
 
     def _apply_retention(self, now: float) -> None:
         self._next_retention_check = now + self.retention_check_interval
-        if self.retention_days is None:
+        if not self.retention_days:
             return
         oldest_kept = _utc_date(now - self.retention_days * 86400)
         for segment in _segments(self.directory, self.stem):

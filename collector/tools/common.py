@@ -57,10 +57,12 @@ __all__ = [
     "EventFilter",
     "StoredEvent",
     "ReadStats",
+    "decode_entry",
     "read_stream",
     "stream_events",
     "archive_events",
     "iso_time",
+    "severity_label",
     "format_age",
     "format_bytes",
     "format_relative",
@@ -70,6 +72,7 @@ __all__ = [
     "echo",
     "echo_json",
     "warn",
+    "first_line",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,7 +100,7 @@ class _OneLineUsageError(click.UsageError):
 
 
 def _one_line(exc: click.UsageError, command_path: str) -> _OneLineUsageError:
-    error = _OneLineUsageError(f"{exc.format_message()} (see '{command_path} --help')")
+    error = _OneLineUsageError(f"{exc.format_message().rstrip('.')} (see '{command_path} --help')")
     error.exit_code = exc.exit_code
     return error
 
@@ -132,9 +135,9 @@ class _OneLineErrors:
             raise _one_line(exc, ctx.command_path) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             url = redact_url(str(ctx.params.get("redis_url", "")))
-            raise click.ClickException(f"cannot reach Redis at {url}: {_first_line(exc)}") from None
+            raise click.ClickException(f"cannot reach Redis at {url}: {first_line(exc)}") from None
         except redis.ResponseError as exc:
-            raise click.ClickException(f"Redis refused the request: {_first_line(exc)}") from None
+            raise click.ClickException(f"Redis refused the request: {first_line(exc)}") from None
         except BrokenPipeError:
             # `... | head`: the reader left. Point stdout at /dev/null so the
             # interpreter's final flush does not complain, and exit quietly.
@@ -153,7 +156,7 @@ class ToolGroup(_OneLineErrors, click.Group):
     command_class = ToolCommand
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
 
@@ -493,6 +496,14 @@ _SEVERITY_STYLE: dict[str, dict[str, Any]] = {
 }
 
 
+_SEVERITY_LABEL = {"debug": "DEBUG", "info": "INFO", "warn": "WARN", "error": "ERROR", "critical": "CRIT"}
+
+
+def severity_label(severity: str) -> str:
+    """Upper-case severity, at most five letters so columns line up."""
+    return _SEVERITY_LABEL[severity]
+
+
 def iso_time(ts_ns: int) -> str:
     """UTC time with milliseconds: ``2024-05-01T12:00:00.123Z``."""
     moment = dt.datetime.fromtimestamp(ts_ns // NS_PER_MS / 1000, tz=dt.timezone.utc)
@@ -585,7 +596,7 @@ def event_line(row: StoredEvent) -> str:
         part
         for part in (
             click.style(iso_time(event.ts), dim=True),
-            click.style(f"{event.severity.upper():<5}", **style),
+            click.style(f"{severity_label(event.severity):<5}", **style),
             click.style(f"{event.service:<12}", fg="cyan"),
             click.style(f"{event.type:<20}", bold=True),
             click.style(" ".join(_ids(event)), dim=True),

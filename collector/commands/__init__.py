@@ -1,0 +1,1 @@
+"""Click commands of ``telemetry-collector`` that are not operator tools."""

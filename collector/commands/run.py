@@ -1,0 +1,242 @@
+"""``telemetry-collector run`` (the daemon) and ``check-config``.
+
+Every option of ``run`` is bound to a config field (see
+:data:`collector.config.CLI_SETTINGS`) and can also be set through its
+``TELEMETRY_<NAME>`` environment variable or the TOML file given with
+``--config``; flags win over the environment, which wins over the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import click
+import msgspec
+import structlog
+from click.core import ParameterSource
+
+from collector import durations
+from collector.alerts.engine import build_engine
+from collector.config import CLI_SETTINGS, CliSetting, Config, ConfigError, cli_settings, load_config, redacted
+from collector.daemon import Collector, build_sinks
+from collector.durations import Duration, DurationParam
+from collector.embedded import RedisNotFound, RedisProcess, free_port, port_is_free
+from collector.logsetup import configure_logging
+from collector.otlp.config import cli_options as otlp_cli_options
+
+__all__ = ["run", "check_config"]
+
+log = structlog.get_logger("collector.run")
+
+EMBEDDED_PORT = 6379
+# After the graceful deadline has passed, a sink stuck in a write gets this much more.
+HARD_STOP_GRACE = 5.0
+
+
+# --- options derived from the config fields -----------------------------------------------------
+
+
+@functools.cache
+def _config_fields() -> dict[str, dict[str, msgspec.inspect.Type]]:
+    sections = msgspec.inspect.type_info(Config).fields  # type: ignore[attr-defined]
+    return {section.name: {f.name: f.type for f in section.type.fields} for section in sections}
+
+
+@functools.cache
+def _defaults() -> Config:
+    return Config()
+
+
+def _field_type(path: str) -> msgspec.inspect.Type:
+    section, name = path.split(".")
+    kind = _config_fields()[section][name]
+    while True:
+        if isinstance(kind, msgspec.inspect.Metadata):
+            kind = kind.type
+        elif isinstance(kind, msgspec.inspect.UnionType):
+            kind = next(t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType))
+        else:
+            return kind
+
+
+def _click_type(kind: msgspec.inspect.Type) -> click.ParamType:
+    if isinstance(kind, msgspec.inspect.IntType):
+        return click.INT
+    if isinstance(kind, msgspec.inspect.FloatType):
+        return click.FLOAT
+    if isinstance(kind, msgspec.inspect.LiteralType):
+        return click.Choice([str(value) for value in kind.values])
+    if isinstance(kind, msgspec.inspect.CustomType) and issubclass(kind.cls, Duration):
+        return DurationParam()
+    return click.STRING  # msgspec validates the rest when the config is converted
+
+
+def _default_text(path: str) -> Optional[str]:
+    section, name = path.split(".")
+    value = getattr(getattr(_defaults(), section), name)
+    if value is None:
+        return None
+    shown = msgspec.to_builtins(value, enc_hook=durations.enc_hook)
+    return str(shown).lower() if isinstance(shown, bool) else str(shown)
+
+
+def _option(setting: CliSetting) -> Callable[[Any], Any]:
+    kind = _field_type(setting.path)
+    options: dict[str, Any] = {
+        "default": None,  # unset must not override the environment or the file
+        "envvar": setting.envvar,
+        "show_envvar": True,
+        "help": setting.help,
+        "show_default": _default_text(setting.path),
+    }
+    if isinstance(kind, msgspec.inspect.BoolType):
+        flag = setting.flag if "/" in setting.flag else f"{setting.flag}/--no-{setting.flag[2:]}"
+        return click.option(flag, setting.option_name, **options)
+    return click.option(setting.flag, setting.option_name, type=_click_type(kind), **options)
+
+
+def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    # The OTLP section builds its own options (repeatable headers and the like).
+    for decorator in reversed(otlp_cli_options()):
+        command = decorator(command)
+    for setting in reversed(CLI_SETTINGS):
+        command = _option(setting)(command)
+    return command
+
+
+def _command_line_overrides(ctx: click.Context, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values given as flags; environment values are applied by load_config itself."""
+    return {
+        setting.path: list(value) if isinstance(value, tuple) else value
+        for setting in cli_settings()
+        if ctx.get_parameter_source(setting.option_name) is ParameterSource.COMMANDLINE
+        for value in [values[setting.option_name]]
+    }
+
+
+def _load_or_exit(path: Optional[Path], overrides: Mapping[str, Any]) -> Config:
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise click.exceptions.Exit(2) from None
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _redis_for(config: Config) -> Iterator[tuple[Config, Optional[RedisProcess]]]:
+    """The config with a Redis URL, starting a private redis-server when asked or when none is set."""
+    if not config.redis.use_embedded:
+        yield config, None
+        return
+    if config.redis.url is not None:
+        log.warning("embedded_redis_ignores_url", note="--embedded was given, the configured Redis URL is not used")
+    data_dir = Path(config.redis.embedded_dir).resolve()  # redis-server chdirs into it
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = EMBEDDED_PORT if port_is_free(EMBEDDED_PORT) else free_port()
+    try:
+        server = RedisProcess(port=port, data_dir=data_dir, appendonly=True).start()
+    except (RedisNotFound, RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(f"cannot start the embedded Redis: {exc}") from None
+    log.info(
+        "embedded_redis_started",
+        reason="--embedded" if config.redis.embedded else "no Redis URL configured (redis.url / TELEMETRY_REDIS_URL)",
+        url=server.url,
+        data_dir=str(data_dir),
+        binary=server.binary,
+    )
+    embedded = msgspec.structs.replace(config.redis, url=server.url)
+    try:
+        yield msgspec.structs.replace(config, redis=embedded), server
+    finally:
+        server.stop()
+        log.info("embedded_redis_stopped")
+
+
+def _install_signal_handlers(collector: Collector, embedded: Optional[RedisProcess]) -> None:
+    """SIGTERM/SIGINT: warm stop; a second one, or the deadline passing, exits at once."""
+
+    def cold_exit(code: int, why: bytes) -> None:
+        # os.write, not the logger: a signal may land while the main thread holds its lock.
+        os.write(2, b"telemetry-collector: " + why + b"; exiting now, unacked entries stay pending\n")
+        if embedded is not None and embedded.process is not None:
+            embedded.process.terminate()
+        os._exit(code)
+
+    def handle(signum: int, frame: Optional[FrameType]) -> None:
+        if collector.stop_requested:
+            cold_exit(128 + signum, b"second signal")
+        collector.request_stop()
+        deadline = collector.settings.shutdown_timeout + HARD_STOP_GRACE
+        timer = threading.Timer(deadline, cold_exit, args=(1, b"shutdown deadline passed"))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+@click.command(context_settings={"max_content_width": 120})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TELEMETRY_CONFIG",
+    show_envvar=True,
+    help="TOML config file (sections redis, collector, jsonl, log, otlp, alerts).",
+)
+@_setting_options
+@click.pass_context
+def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
+    """Run the collector daemon: Redis Streams -> JSONL / OTLP / alerts, at least once.
+
+    Stops on SIGTERM/SIGINT after acking the batch in hand (a second signal exits
+    at once). With no Redis URL configured it starts an embedded redis-server.
+    """
+    config = _load_or_exit(config_path, _command_line_overrides(ctx, values))
+    configure_logging(config.log.format, config.log.level)
+    with _redis_for(config) as (config, embedded):
+        try:
+            sinks = build_sinks(config)
+            alert_engine = build_engine(config, sinks=sinks)
+        except ValueError as exc:  # settings only checkable now: OTEL_* variables, webhook secrets
+            click.echo(f"Error: invalid config: {exc}", err=True)
+            raise click.exceptions.Exit(2) from None
+        collector = Collector(config, sinks=sinks, alert_engine=alert_engine)
+        _install_signal_handlers(collector, embedded)
+        try:
+            collector.run()
+        except Exception:
+            log.exception("collector_failed")
+            raise SystemExit(1) from None
+
+
+# --- check-config ---------------------------------------------------------------------------------
+
+
+@click.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check_config(file: Path) -> None:
+    """Validate FILE (with TELEMETRY_* variables applied) and print the effective config.
+
+    Secrets are masked. Exits 0 when the config is valid, 2 with the field
+    path and the rule when it is not.
+    """
+    config = _load_or_exit(file, {})
+    try:
+        otlp = config.otlp.resolve()  # OTEL_* variables can still make it invalid
+    except ValueError as exc:
+        click.echo(f"Error: invalid config: {exc}", err=True)
+        raise click.exceptions.Exit(2) from None
+    shown = redacted(config)
+    shown["otlp_effective"] = {"enabled": otlp.enabled, **otlp.describe()}
+    click.echo(msgspec.json.format(msgspec.json.encode(shown), indent=2))

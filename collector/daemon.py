@@ -1,0 +1,777 @@
+"""The collector daemon: Redis Streams consumer group -> sinks, at least once.
+
+One thread does the work, batch by batch:
+
+1. read: one ``XREADGROUP`` over both streams (errors listed first, so they are
+   handled first), or an ``XAUTOCLAIM`` of entries other consumers left idle
+   longer than ``claim_idle``. On start and after every reconnect the
+   consumer's own pending entries (ID ``0``) are read before new ones (``>``).
+2. decode and validate; undecodable, invalid, oversized and over-delivered
+   entries become dead letters.
+3. hand the records to every sink until each has accepted them (retrying
+   only the ones that have not, with capped jittered backoff);
+4. write the dead letters, then ``XACK`` every entry of the batch.
+
+Nothing is acked before step 3 is done, so a crash anywhere means redelivery,
+never loss; duplicates are bounded by one batch. Between batches the loop
+does its housekeeping on timers: heartbeat hash, lag check against MAXLEN,
+claiming, ``XTRIM MINID`` retention, removal of dead consumers that have
+nothing pending, counters in the log, systemd watchdog pings.
+
+Redis going away never ends the process: the loop waits with capped jittered
+backoff and carries on with the batch it had in hand. ``request_stop()``
+(SIGTERM) stops reading, finishes the in-flight batch, closes the sinks and
+returns within ``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
+
+import redis
+import structlog
+
+from collector.config import Config
+from collector.consumer import RawEntry, decode_entries
+from collector.deadletter import DeadLetter, dead_letter_fields
+from collector.records import Record, StreamKind
+from collector.redisconn import connect, redact_url
+from collector.sdnotify import SystemdNotifier
+from collector.sinks import Sink, SinkAuthError, SinkError, SinkRejected, SinkUnavailable
+from collector.sinks.jsonl import JsonlSink
+from emitters.streams import PAYLOAD_FIELD, stream_names
+
+if TYPE_CHECKING:
+    from collector.alerts.engine import AlertEngine
+
+__all__ = ["Collector", "Backoff", "Counters", "build_sinks", "consumer_name", "Status"]
+
+log = structlog.get_logger("collector.daemon")
+
+Status = Literal["running", "backpressure", "paused_auth", "stopping"]
+RUNNING: Status = "running"
+BACKPRESSURE: Status = "backpressure"
+PAUSED_AUTH: Status = "paused_auth"
+STOPPING: Status = "stopping"
+
+_PAYLOAD_KEY = PAYLOAD_FIELD.encode()
+# Deletes a consumer only if it has nothing pending, atomically: between a
+# check and a separate XGROUP DELCONSUMER the consumer could read entries,
+# and deleting it then would silently drop them from the group.
+_DELETE_IF_IDLE = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+  return -1
+end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+"""
+# Dead-letter XADDs go out in pipelines of at most this many bytes.
+_DEAD_PIPELINE_BYTES = 8 * 1024 * 1024
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    """Keep stream replies as Redis sent them: entries as flat field lists, no dicts."""
+    return response
+
+
+def _parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter; :meth:`reset` after a success."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        if initial <= 0 or cap < initial:
+            raise ValueError(f"backoff: need 0 < initial <= cap, got {initial}, {cap}")
+        self.initial = initial
+        self.cap = cap
+        self.attempts = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.initial * 2 ** min(self.attempts, 32))
+        self.attempts += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+@dataclass
+class Counters:
+    """What the daemon did since it started; logged and put in the heartbeat."""
+
+    read: int = 0
+    written: int = 0
+    acked: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
+    lost: int = 0  # trimmed from the stream while pending: gone before we could read them
+    reconnects: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Batch:
+    """Entries in hand: kept across sink retries and Redis reconnects until acked."""
+
+    records: list[Record] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    ack: dict[str, list[bytes]] = field(default_factory=dict)
+    accepted: set[int] = field(default_factory=set)  # indexes of sinks that took the records
+    rejected: int = 0
+    delivered: bool = False  # sinks done and alerts observed
+
+    def size(self) -> int:
+        return sum(map(len, self.ack.values()))
+
+
+class _DeadlinePassed(Exception):
+    """Stopping, and the shutdown deadline has come: leave the rest pending."""
+
+
+def consumer_name(config: Config) -> str:
+    """The configured consumer name, else ``<host>-<pid>`` (unique per running process)."""
+    return config.collector.consumer or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_sinks(config: Config) -> list[Sink]:
+    """The sinks the config enables, in delivery order.
+
+    Raises ValueError naming the setting when the OTLP settings (which may come
+    from ``OTEL_EXPORTER_OTLP_*``) are unusable.
+    """
+    sinks: list[Sink] = []
+    if config.jsonl.enabled:
+        sinks.append(
+            JsonlSink(
+                config.jsonl.dir,
+                max_bytes=config.jsonl.max_bytes,
+                retention_days=config.jsonl.retention_days or None,
+            )
+        )
+    otlp = config.otlp.resolve()
+    if otlp.enabled:
+        # Imported only when used: the protobuf modules weigh on start-up time and memory.
+        from collector.otlp.sink import OtlpSink
+
+        sinks.append(OtlpSink(otlp, collector_instance=consumer_name(config)))
+    return sinks
+
+
+class Collector:
+    """Reads ``{prefix}:errors`` and ``{prefix}:events`` as one consumer of ``group``.
+
+    ``sinks`` defaults to :func:`build_sinks`; ``alert_engine`` (optional, see
+    :func:`collector.alerts.engine.build_engine`) sees every delivered batch,
+    the lag and a tick once a second; ``notifier`` defaults to systemd's from
+    the environment; ``client`` to a connection to ``config.redis.url``.
+    :meth:`run` blocks until :meth:`request_stop` (thread- and signal-safe)
+    has been served.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sinks: Optional[Sequence[Sink]] = None,
+        alert_engine: Optional["AlertEngine"] = None,
+        notifier: Optional[SystemdNotifier] = None,
+        client: Optional[redis.Redis] = None,
+    ) -> None:
+        settings = config.collector
+        if client is None and config.redis.url is None:
+            raise ValueError("redis.url: the collector needs a Redis URL (start the embedded one first)")
+        self.config = config
+        self.settings = settings
+        self.names = stream_names(config.redis.stream_prefix)
+        self.group = settings.group
+        self.consumer = consumer_name(config)
+        # Errors first: XREADGROUP answers in this order, and the batch is handled in it.
+        self.streams: tuple[tuple[StreamKind, str], ...] = (
+            ("errors", self.names.errors),
+            ("events", self.names.events),
+        )
+        self.sinks: list[Sink] = list(build_sinks(config) if sinks is None else sinks)
+        self.alert_engine = alert_engine
+        self.notifier = SystemdNotifier.from_env() if notifier is None else notifier
+        self.counters = Counters()
+        self.status: Status = RUNNING
+        self.lag: dict[StreamKind, Optional[int]] = {"errors": None, "events": None}
+        self.stopped = threading.Event()  # set when run() has returned
+        self._stop = threading.Event()
+        self._deadline: Optional[float] = None
+        self._stop_noticed = False
+        self._started_at = time.time()
+        self._maxlen: dict[StreamKind, int] = {"events": settings.events_maxlen, "errors": settings.errors_maxlen}
+        self._retention: dict[StreamKind, float] = {
+            "events": settings.events_retention,
+            "errors": settings.errors_retention,
+        }
+        self._cursor: dict[str, bytes | str] = {}
+        self._claim_cursor: dict[str, bytes | str] = {key: "0-0" for _, key in self.streams}
+        self._batch: Optional[_Batch] = None
+        self._at_risk: set[StreamKind] = set()
+        self._lag_unsupported = False
+        self._redis_down = False
+        # Claiming runs often enough that an idle entry waits at most ~1.5x claim_idle.
+        self._claim_every = min(max(settings.claim_idle / 2, 0.05), 30.0)
+        now = time.monotonic()
+        self._due: dict[str, float] = {
+            "heartbeat": now,
+            "claim": now,
+            "stats": now + settings.stats_interval,
+            "trim": now + min(settings.trim_interval, 10.0),
+        }
+        if self.notifier.watchdog_interval:
+            self._due["watchdog"] = now
+        if self.alert_engine is not None:
+            self._due["alerts"] = now + 1.0
+        self._redis = client or connect(
+            config.redis.url,  # type: ignore[arg-type]  # checked above
+            # A blocking XREADGROUP must not look like a dead socket.
+            socket_timeout=settings.block_ms / 1000 + 10.0,
+        )
+        self._redis.set_response_callback("XREADGROUP", _raw)
+        self._redis.set_response_callback("XAUTOCLAIM", _raw)
+        self._delete_if_idle = self._redis.register_script(_DELETE_IF_IDLE)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop reading, finish the batch in hand, then return from :meth:`run`.
+
+        Only sets flags, so it is safe from a signal handler (no logging here:
+        the handler may interrupt the main thread inside the log handler).
+        """
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.settings.shutdown_timeout
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """Consume until stopped. Returns normally after a requested stop."""
+        log.info(
+            "collector_starting",
+            consumer=self.consumer,
+            group=self.group,
+            streams=[key for _, key in self.streams],
+            redis=redact_url(self.config.redis.url or ""),
+            sinks=[sink.name for sink in self.sinks],
+            batch_size=self.settings.batch_size,
+        )
+        try:
+            if self._connect():
+                self.notifier.ready(self._status_text())
+                log.info("collector_ready", consumer=self.consumer, group=self.group)
+                self._loop()
+        finally:
+            self._shutdown()
+            self.stopped.set()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                if self._batch is None:
+                    if self._stop.is_set():
+                        self._notice_stop()
+                        return
+                    self._housekeeping(reading=True)
+                    self._batch = self._next_batch()
+                if self._batch is not None:
+                    self._deliver(self._batch)
+                    self._batch = None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not self._reconnect(exc):
+                    return
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                # The stream or the group vanished (a Redis without persistence restarted, or
+                # someone deleted it): recreate it and read our pending list again.
+                log.warning("consumer_group_missing", error=str(exc))
+                self._ensure_groups()
+            except _DeadlinePassed:
+                return
+
+    def _notice_stop(self) -> None:
+        if self._stop_noticed:
+            return
+        self._stop_noticed = True
+        self._set_status(STOPPING)
+        self.notifier.stopping(self._status_text())
+        log.info(
+            "collector_stopping",
+            in_flight=self._batch.size() if self._batch else 0,
+            deadline_s=float(self.settings.shutdown_timeout),
+        )
+
+    def _shutdown(self) -> None:
+        self._notice_stop()
+        if self._batch is not None:
+            log.warning(
+                "shutdown_left_batch_pending",
+                entries=self._batch.size(),
+                note="not acked: another collector claims them, or this one rereads them on restart",
+            )
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except SinkError as exc:
+                log.error("sink_close_failed", sink=sink.name, error=str(exc))
+        if self.alert_engine is not None:
+            self.alert_engine.close()
+        if not self._redis_down:  # otherwise a connect timeout would eat into the deadline; it expires anyway
+            try:
+                self._redis.delete(self.names.heartbeat(self.consumer))
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+        log.info("collector_stopped", consumer=self.consumer, **self.counters.as_dict())
+        self._redis.close()
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def _ensure_groups(self) -> None:
+        """Create the group on both streams (and the streams) unless it exists.
+
+        A new group starts at ``0``: events emitted before the first collector
+        ever ran are delivered too. Reading restarts at our own pending list.
+        """
+        for _, key in self.streams:
+            try:
+                self._redis.xgroup_create(key, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+        self._cursor = {key: "0" for _, key in self.streams}
+
+    def _connect(self) -> bool:
+        backoff = Backoff(0.1, self.settings.max_backoff)
+        while True:
+            try:
+                self._ensure_groups()
+                self._redis_down = False
+                return True
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._redis_down = True
+                if self._stop.is_set():
+                    return False
+                delay = backoff.next()
+                log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 2))
+                self._stop.wait(delay)
+
+    def _reconnect(self, error: Exception) -> bool:
+        """Wait for Redis with capped backoff; False when stopping ran out of time."""
+        self.counters.reconnects += 1
+        self._redis_down = True
+        log.warning("redis_connection_lost", error=str(error), in_flight=self._batch.size() if self._batch else 0)
+        backoff = Backoff(0.1, self.settings.max_backoff)
+        while True:
+            try:
+                self._pause(backoff.next())
+            except _DeadlinePassed:
+                return False
+            try:
+                self._ensure_groups()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis_reconnect_failed", error=str(exc), attempt=backoff.attempts)
+                continue
+            self._redis_down = False
+            log.info("redis_reconnected", attempts=backoff.attempts)
+            return True
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _next_batch(self) -> Optional[_Batch]:
+        now = time.monotonic()
+        if now >= self._due["claim"]:
+            batch, more = self._claim()
+            # Keep scanning right away while XAUTOCLAIM has more of the pending list to offer.
+            self._due["claim"] = now if more else now + self._claim_every
+            if batch is not None:
+                return batch
+        return self._read()
+
+    def _read(self) -> Optional[_Batch]:
+        history = any(cursor != ">" for cursor in self._cursor.values())
+        block: Optional[int] = None
+        if not history:
+            until_due = min(self._due.values()) - time.monotonic()
+            block = max(1, min(self.settings.block_ms, int(until_due * 1000)))
+        reply = self._redis.xreadgroup(
+            self.group, self.consumer, dict(self._cursor), count=self.settings.batch_size, block=block
+        )
+        # RESP3 (redis-py's default) answers with a map, RESP2 with a list of pairs.
+        pairs = reply.items() if isinstance(reply, dict) else reply or ()
+        replied = {_text(key): entries for key, entries in pairs}
+        batch = _Batch()
+        for kind, key in self.streams:
+            entries = replied.get(key)
+            if self._cursor[key] != ">":
+                if not entries:  # our pending list is done: on to new entries
+                    self._cursor[key] = ">"
+                    continue
+                self._cursor[key] = entries[-1][0]
+                self.counters.read += len(entries)
+                entries = self._drop_over_delivered(batch, key, entries)
+            elif entries:
+                self.counters.read += len(entries)
+            if entries:
+                self._add(batch, kind, key, entries)
+        return batch if batch.ack else None
+
+    def _claim(self) -> tuple[Optional[_Batch], bool]:
+        """XAUTOCLAIM idle entries of dead consumers; True when there is more to scan."""
+        batch: Optional[_Batch] = None
+        more = False
+        min_idle = int(self.settings.claim_idle * 1000)
+        for kind, key in self.streams:
+            reply = self._redis.xautoclaim(
+                key, self.group, self.consumer, min_idle, self._claim_cursor[key], count=self.settings.batch_size
+            )
+            next_id, entries = reply[0], reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
+            self._claim_cursor[key] = next_id
+            more = more or next_id not in (b"0-0", "0-0")
+            if deleted:  # Redis 7 already dropped these from the pending list
+                self.counters.lost += len(deleted)
+                log.warning("pending_entries_trimmed", stream=key, count=len(deleted), source="claim")
+            entries = [entry for entry in entries if entry is not None]
+            if not entries:
+                continue
+            batch = batch or _Batch()
+            self.counters.claimed += len(entries)
+            log.info("entries_claimed", stream=key, count=len(entries), min_idle_s=self.settings.claim_idle)
+            entries = self._drop_over_delivered(batch, key, entries)
+            self._add(batch, kind, key, entries)
+        return batch, more
+
+    def _drop_over_delivered(self, batch: _Batch, key: str, entries: Sequence[Any]) -> list[Any]:
+        """Move entries delivered more than ``max_deliveries`` times into ``batch.dead``.
+
+        Only entries read again (own pending list, claims) can be over-delivered,
+        so the per-entry XPENDING round trip stays off the hot path.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id, _ in entries:
+            pipe.xpending_range(key, self.group, min=entry_id, max=entry_id, count=1)
+        limit = self.settings.max_deliveries
+        keep = []
+        for (entry_id, fields), pending in zip(entries, pipe.execute()):
+            times = pending[0]["times_delivered"] if pending else 0
+            if times > limit and fields:
+                detail = f"delivered {times} times, the limit is {limit}"
+                batch.dead.append(DeadLetter(key, entry_id, "max_deliveries", detail, fields))
+                batch.ack.setdefault(key, []).append(entry_id)
+            else:
+                keep.append((entry_id, fields))
+        return keep
+
+    def _add(self, batch: _Batch, kind: StreamKind, key: str, entries: Iterable[RawEntry]) -> None:
+        decoded = decode_entries(kind, key, entries, max_size=self.settings.max_event_size)
+        batch.records.extend(decoded.records)
+        batch.dead.extend(decoded.dead)
+        batch.ack.setdefault(key, []).extend(decoded.ids)
+        if decoded.lost:
+            self.counters.lost += len(decoded.lost)
+            log.warning(
+                "pending_entries_trimmed",
+                stream=key,
+                count=len(decoded.lost),
+                first_id=decoded.lost[0].decode(),
+                note="trimmed by MAXLEN/XTRIM before they were delivered: lost",
+            )
+
+    # -- delivering -------------------------------------------------------------------------------
+
+    def _deliver(self, batch: _Batch) -> None:
+        if not batch.delivered:
+            if batch.records:
+                self._write_sinks(batch)
+                if self.alert_engine is not None:
+                    self.alert_engine.observe(batch.records)
+            batch.delivered = True
+            self.counters.written += len(batch.records) - batch.rejected
+        if batch.dead:
+            self._write_dead_letters(batch)
+        self._ack(batch)
+
+    def _write_sinks(self, batch: _Batch) -> None:
+        """Every sink accepts the records or we wait and retry just the ones that did not."""
+        for index, sink in enumerate(self.sinks):
+            if index in batch.accepted:
+                continue
+            backoff = Backoff(0.1, self.settings.max_backoff)
+            while True:
+                try:
+                    sink.write(batch.records)
+                except SinkUnavailable as exc:
+                    delay = max(backoff.next(), exc.retry_after or 0.0)
+                    self._set_status(BACKPRESSURE)
+                    log.warning("sink_unavailable", sink=sink.name, error=str(exc), retry_in_s=round(delay, 2))
+                except SinkAuthError as exc:
+                    delay = self.settings.auth_retry_interval
+                    self._set_status(PAUSED_AUTH)
+                    log.error(
+                        "sink_auth_failed",
+                        sink=sink.name,
+                        error=str(exc),
+                        retry_in_s=delay,
+                        action="fix the sink's credentials; entries stay pending in Redis meanwhile",
+                    )
+                except SinkRejected as exc:
+                    letters = [self._rejected_letter(sink, exc.reason, record) for record in exc.records]
+                    batch.dead.extend(letters)
+                    batch.rejected += len(letters)
+                    log.warning("sink_rejected", sink=sink.name, reason=exc.reason, records=len(letters))
+                    break
+                else:
+                    break
+                self._pause(delay)
+            batch.accepted.add(index)
+        if self.status in (BACKPRESSURE, PAUSED_AUTH):
+            log.info("sinks_recovered")
+            self._set_status(STOPPING if self._stop_noticed else RUNNING)
+
+    def _rejected_letter(self, sink: Sink, reason: str, record: Record) -> DeadLetter:
+        key = self.names.errors if record.stream == "errors" else self.names.events
+        detail = f"{sink.name}: {reason}"
+        return DeadLetter(key, record.stream_id.encode(), "rejected", detail, [_PAYLOAD_KEY, record.raw])
+
+    def _write_dead_letters(self, batch: _Batch) -> None:
+        now_ms = int(time.time() * 1000)
+        maxlen = self.settings.dead_maxlen or None
+        pipe = self._redis.pipeline(transaction=False)
+        size = 0
+        for letter in batch.dead:
+            fields = dead_letter_fields(
+                letter, consumer=self.consumer, max_bytes=self.settings.max_event_size, now_ms=now_ms
+            )
+            pipe.xadd(self.names.dead, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            size += sum(len(value) for value in fields.values())
+            if size >= _DEAD_PIPELINE_BYTES:
+                pipe.execute()
+                size = 0
+        pipe.execute()
+        categories: dict[str, int] = {}
+        for letter in batch.dead:
+            categories[letter.category] = categories.get(letter.category, 0) + 1
+        first = batch.dead[0]
+        log.warning(
+            "dead_lettered",
+            count=len(batch.dead),
+            categories=categories,
+            first_stream=first.stream,
+            first_id=first.entry_id.decode(errors="replace"),
+            first_reason=first.reason[:500],
+            dead_stream=self.names.dead,
+        )
+        self.counters.dead_lettered += len(batch.dead)
+        batch.dead = []
+
+    def _ack(self, batch: _Batch) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for key, ids in batch.ack.items():
+            if ids:
+                pipe.xack(key, self.group, *ids)
+        self.counters.acked += sum(pipe.execute())
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, keeping heartbeat and watchdog alive.
+
+        A stop request cuts a wait short once (one more try at once); while
+        stopping, waits are bounded by the shutdown deadline and
+        :class:`_DeadlinePassed` ends them.
+        """
+        stopping_before = self._stop.is_set()
+        end = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            if self._stop.is_set():
+                self._notice_stop()
+                if not stopping_before:
+                    return  # one more try right away: the batch may still make it
+                assert self._deadline is not None
+                if now >= self._deadline:
+                    raise _DeadlinePassed()
+                end = min(end, self._deadline)
+            if now >= end:
+                return
+            self._housekeeping(reading=False)
+            step = min(end, min(self._due.values())) - now
+            # While stopping nothing sets an event we could wait on; `stopped` is set only by
+            # run() returning, so this is a plain bounded wait.
+            waiter = self.stopped if self._stop.is_set() else self._stop
+            waiter.wait(max(step, 0.01))
+
+    # -- housekeeping -----------------------------------------------------------------------------
+
+    def _housekeeping(self, *, reading: bool) -> None:
+        """Timed chores. Outside ``reading`` (inside a wait) only the ones that read nothing new."""
+        now = time.monotonic()
+        due = self._due
+        if "watchdog" in due and now >= due["watchdog"]:
+            self.notifier.watchdog()
+            due["watchdog"] = now + self.notifier.watchdog_interval  # type: ignore[operator]
+        if now >= due["heartbeat"]:
+            due["heartbeat"] = now + self.settings.heartbeat_interval
+            self._guarded(self._heartbeat, quiet=not reading)
+        if now >= due["stats"]:
+            due["stats"] = now + self.settings.stats_interval
+            log.info("collector_stats", status=self.status, lag=dict(self.lag), **self.counters.as_dict())
+        if "alerts" in due and now >= due["alerts"]:
+            due["alerts"] = now + 1.0
+            assert self.alert_engine is not None
+            self.alert_engine.tick(time.time())
+        if reading and now >= due["trim"]:
+            due["trim"] = now + self.settings.trim_interval
+            self._trim()
+            self._remove_idle_consumers()
+
+    def _guarded(self, chore: Any, *, quiet: bool) -> None:
+        """Inside a wait Redis may be the thing that is down: do not fail the wait on it."""
+        if not quiet:
+            chore()
+            return
+        try:
+            chore()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.debug("housekeeping_skipped", chore=chore.__name__, error=str(exc))
+
+    def _heartbeat(self) -> None:
+        self._check_lag()
+        key = self.names.heartbeat(self.consumer)
+        fields: dict[str, Any] = {
+            "consumer": self.consumer,
+            "group": self.group,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": round(self._started_at, 3),
+            "last_seen": round(time.time(), 3),
+            "status": self.status,
+            **self.counters.as_dict(),
+        }
+        for kind, lag in self.lag.items():
+            fields[f"lag_{kind}"] = -1 if lag is None else lag
+        ttl = max(int(self.settings.heartbeat_interval * 3 + 0.999), 2)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, ttl)
+        pipe.execute()
+        self.notifier.status(self._status_text())
+
+    def _check_lag(self) -> None:
+        """Entries not yet acked (undelivered + pending) against the MAXLEN emitters trim to."""
+        pipe = self._redis.pipeline(transaction=False)
+        for _, key in self.streams:
+            pipe.xinfo_groups(key)
+            pipe.xlen(key)
+        results = pipe.execute(raise_on_error=False)
+        for index, (kind, key) in enumerate(self.streams):
+            groups, length = results[2 * index], results[2 * index + 1]
+            if isinstance(groups, Exception) or isinstance(length, Exception):
+                continue  # the stream is gone; the next read recreates it
+            mine = next((g for g in groups if _text(g.get("name")) == self.group), None)
+            if mine is None:
+                continue
+            if "lag" not in mine:  # Redis < 7 does not track it; the stream length would be a false alarm
+                if not self._lag_unsupported:
+                    self._lag_unsupported = True
+                    log.info("lag_tracking_unavailable", note="Redis 7 or newer reports consumer group lag")
+                continue
+            lag = mine["lag"]
+            # Redis cannot count the lag once entries past the group's position were deleted
+            # (trimmed before delivery): then the whole stream may be unread.
+            unacked = int(mine.get("pending") or 0) + (int(lag) if lag is not None else int(length))
+            self.lag[kind] = unacked
+            self._judge_lag(kind, key, unacked)
+
+    def _judge_lag(self, kind: StreamKind, key: str, unacked: int) -> None:
+        maxlen = self._maxlen[kind]
+        if self.alert_engine is not None:
+            self.alert_engine.observe_lag(kind, unacked, maxlen)
+        if not maxlen:
+            return
+        at_risk = unacked >= self.settings.lag_warn_ratio * maxlen
+        if at_risk and kind not in self._at_risk:
+            log.warning(
+                "unacked_data_at_risk",
+                stream=key,
+                unacked=unacked,
+                maxlen=maxlen,
+                action="the emitters' MAXLEN trimming will delete entries not yet delivered: "
+                "add collectors, fix slow sinks or raise the MAXLEN",
+            )
+        elif not at_risk and kind in self._at_risk:
+            log.info("unacked_data_safe_again", stream=key, unacked=unacked, maxlen=maxlen)
+        (self._at_risk.add if at_risk else self._at_risk.discard)(kind)
+
+    def _trim(self) -> None:
+        """``XTRIM MINID ~`` by age, never past an entry some group has not acked or read."""
+        now_ms = int(time.time() * 1000)
+        for kind, key in self.streams:
+            retention = self._retention[kind]
+            if retention <= 0:
+                continue
+            cutoff = (now_ms - int(retention * 1000), 0)
+            minid = min(cutoff, self._oldest_unprocessed(key))
+            text = f"{minid[0]}-{minid[1]}"
+            removed = self._redis.xtrim(key, minid=text, approximate=True)
+            (log.info if removed else log.debug)(
+                "stream_trimmed", stream=key, removed=removed, minid=text, held_back=minid < cutoff
+            )
+
+    def _oldest_unprocessed(self, key: str) -> tuple[int, int]:
+        floor = (2**63, 0)
+        for group in self._redis.xinfo_groups(key):
+            last = _parse_id(group["last-delivered-id"])
+            floor = min(floor, (last[0], last[1] + 1))
+            if group.get("pending"):
+                summary = self._redis.xpending(key, group["name"])
+                if summary.get("min"):
+                    floor = min(floor, _parse_id(summary["min"]))
+        return floor
+
+    def _remove_idle_consumers(self) -> None:
+        idle_ms = int(self.settings.consumer_idle_timeout * 1000)
+        if idle_ms <= 0:
+            return
+        for _, key in self.streams:
+            for consumer in self._redis.xinfo_consumers(key, self.group):
+                name = _text(consumer["name"])
+                if name == self.consumer or consumer["pending"] or consumer["idle"] < idle_ms:
+                    continue
+                if self._delete_if_idle(keys=[key], args=[self.group, name]) >= 0:
+                    log.info("idle_consumer_removed", stream=key, consumer=name, idle_s=consumer["idle"] // 1000)
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def _set_status(self, status: Status) -> None:
+        if status != self.status:
+            self.status = status
+            self.notifier.status(self._status_text())
+
+    def _status_text(self) -> str:
+        counters = self.counters
+        return (
+            f"{self.status}: read {counters.read}, written {counters.written}, "
+            f"dead-lettered {counters.dead_lettered}, claimed {counters.claimed}"
+        )
+
+
+def _text(value: bytes | str | None) -> Optional[str]:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,316 @@
+"""Sending serialized OTLP requests over gRPC or HTTP/protobuf, one at a time.
+
+Both transports turn every outcome into the sink errors the daemon knows:
+
+=========================================  ===========================================
+success (gRPC OK, HTTP 2xx)                :class:`ExportResult` (partial success kept)
+UNAUTHENTICATED, PERMISSION_DENIED, 401,   :class:`~collector.sinks.SinkAuthError`
+403
+INVALID_ARGUMENT, other 4xx                :class:`Rejected` (permanent: dead-letter)
+everything else: UNAVAILABLE,              :class:`~collector.sinks.SinkUnavailable`
+RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,     with ``retry_after`` from gRPC ``RetryInfo``
+UNIMPLEMENTED, 404, 405, 408, 429, 5xx,    or the HTTP ``Retry-After`` header
+timeouts, refused connections
+=========================================  ===========================================
+
+404/405 (and gRPC UNIMPLEMENTED) say the endpoint is wrong, not the data:
+dead-lettering every batch until someone fixes the URL would be worse than
+holding them pending, so they count as transient, with a message saying so.
+
+A status we cannot classify is retried rather than dead-lettered: a
+misbehaving backend must never cost data. Header values (the token) never
+appear in an error message; anything the backend says is scrubbed of them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import ssl
+import threading
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, NamedTuple, Optional, Protocol
+from urllib.parse import urlsplit
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from collector.otlp.config import OtlpSettings, Signal
+from collector.sinks import SinkAuthError, SinkUnavailable
+
+__all__ = ["ExportResult", "Rejected", "Transport", "GrpcTransport", "HttpTransport", "make_transport"]
+
+_USER_AGENT = "mlx-telemetry-collector"
+_SERVICES: dict[Signal, tuple[Any, str, type]] = {
+    "logs": (logs_service_pb2, "LogsService", logs_service_pb2.ExportLogsServiceResponse),
+    "traces": (trace_service_pb2, "TraceService", trace_service_pb2.ExportTraceServiceResponse),
+    "metrics": (metrics_service_pb2, "MetricsService", metrics_service_pb2.ExportMetricsServiceResponse),
+}
+_REJECTED_FIELDS: dict[Signal, str] = {
+    "logs": "rejected_log_records",
+    "traces": "rejected_spans",
+    "metrics": "rejected_data_points",
+}
+_AUTH_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+_PERMANENT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT})
+_RETRYABLE_HTTP = frozenset({408, 429})
+_WRONG_ENDPOINT_HTTP = frozenset({404, 405})
+# A connection the server closed while idle fails on reuse before any reply.
+_STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+class ExportResult(NamedTuple):
+    """An accepted request; ``rejected`` items were dropped by the backend (partial success)."""
+
+    rejected: int = 0
+    message: str = ""
+
+
+class Rejected(Exception):
+    """The backend refused this request for good (bad data, not a bad moment)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Transport(Protocol):
+    def export(self, signal: Signal, payload: bytes) -> ExportResult:
+        """Send one serialized ``Export*ServiceRequest``; raise on anything but success."""
+
+    def close(self) -> None: ...
+
+
+def make_transport(settings: OtlpSettings) -> Transport:
+    return GrpcTransport(settings) if settings.protocol == "grpc" else HttpTransport(settings)
+
+
+class _Scrubber:
+    """Removes header values (the token among them) from text we did not write."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        secrets = set(headers.values())
+        secrets |= {value.split(" ", 1)[1] for value in headers.values() if " " in value}
+        self._secrets = sorted((secret for secret in secrets if len(secret) >= 4), key=len, reverse=True)
+
+    def __call__(self, text: str, limit: int = 300) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:limit]
+
+
+def _partial(signal: Signal, response: Any) -> ExportResult:
+    if not response.HasField("partial_success"):
+        return ExportResult()
+    partial = response.partial_success
+    return ExportResult(getattr(partial, _REJECTED_FIELDS[signal]), partial.error_message)
+
+
+class GrpcTransport:
+    """Unary calls on the generated services' method paths, sending our bytes as they are."""
+
+    def __init__(self, settings: OtlpSettings) -> None:
+        self._settings = settings
+        self._scrub = _Scrubber(settings.headers)
+        self._channel = _channel(settings)
+        self._metadata = tuple(settings.headers.items())
+        self._calls: dict[Signal, Callable[..., Any]] = {}
+        for signal, (module, service_name, response_type) in _SERVICES.items():
+            method = module.DESCRIPTOR.services_by_name[service_name].methods_by_name["Export"]
+            # No request serializer: the payload is already a serialized request.
+            self._calls[signal] = self._channel.unary_unary(
+                f"/{method.containing_service.full_name}/{method.name}",
+                request_serializer=None,
+                response_deserializer=response_type.FromString,
+            )
+
+    def export(self, signal: Signal, payload: bytes) -> ExportResult:
+        try:
+            response = self._calls[signal](payload, metadata=self._metadata, timeout=self._settings.timeout)
+        except grpc.RpcError as exc:
+            raise self._error(signal, exc) from None
+        return _partial(signal, response)
+
+    def _error(self, signal: Signal, exc: grpc.RpcError) -> Exception:
+        code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+        details = self._scrub(exc.details() or "")  # type: ignore[attr-defined]
+        where = f"OTLP/gRPC {signal} export to {self._settings.endpoint}: {code.name}"
+        if details:
+            where += f" ({details})"
+        if code in _AUTH_CODES:
+            return SinkAuthError(f"{where}: the backend refused the credentials; check TELEMETRY_OTLP_TOKEN")
+        if code in _PERMANENT_CODES:
+            return Rejected(where)
+        retry_after = _grpc_retry_after(exc)
+        if retry_after is not None:
+            retry_after = min(retry_after, self._settings.max_retry_after)
+        return SinkUnavailable(where, retry_after=retry_after)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _channel(settings: OtlpSettings) -> grpc.Channel:
+    parts = urlsplit(settings.endpoint)
+    target = f"{parts.hostname}:{parts.port or (443 if settings.tls else 80)}"
+    compression = grpc.Compression.Gzip if settings.compression == "gzip" else grpc.Compression.NoCompression
+    options = [
+        ("grpc.primary_user_agent", _USER_AGENT),
+        # While reconnecting, calls fail at once; gRPC's default backoff grows to 120 s, which
+        # would hold export back long after the backend is up again. The daemon paces retries.
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5000),
+    ]
+    if settings.tls:
+        root = None
+        if settings.certificate_file:
+            with open(settings.certificate_file, "rb") as handle:
+                root = handle.read()
+        credentials = grpc.ssl_channel_credentials(root_certificates=root)
+        return grpc.secure_channel(target, credentials, options=options, compression=compression)
+    return grpc.insecure_channel(target, options=options, compression=compression)
+
+
+def _grpc_retry_after(exc: grpc.RpcError) -> Optional[float]:
+    """The ``RetryInfo`` delay in the ``grpc-status-details-bin`` trailer, if any."""
+    trailers = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    for key, value in trailers:
+        if key != "grpc-status-details-bin":
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return None
+
+
+class HttpTransport:
+    """POST ``{endpoint}/v1/{signal}`` with ``application/x-protobuf`` over one kept-alive connection."""
+
+    def __init__(self, settings: OtlpSettings) -> None:
+        self._settings = settings
+        self._scrub = _Scrubber(settings.headers)
+        parts = urlsplit(settings.endpoint)
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or (443 if settings.tls else 80)
+        base = parts.path.rstrip("/")
+        self._paths = {signal: f"{base}/v1/{signal}" for signal in _SERVICES}
+        self._headers = {
+            **settings.headers,
+            "content-type": "application/x-protobuf",
+            "user-agent": _USER_AGENT,
+        }
+        if settings.compression == "gzip":
+            self._headers["content-encoding"] = "gzip"
+        self._ssl = ssl.create_default_context(cafile=settings.certificate_file) if settings.tls else None
+        self._connection: Optional[http.client.HTTPConnection] = None
+        self._lock = threading.Lock()
+
+    def export(self, signal: Signal, payload: bytes) -> ExportResult:
+        body = gzip.compress(payload, compresslevel=6, mtime=0) if self._settings.compression == "gzip" else payload
+        url = f"{self._settings.endpoint}/v1/{signal}"
+        with self._lock:
+            status, headers, data = self._post(signal, url, body)
+        if 200 <= status < 300:
+            return _partial(signal, _parse_response(signal, data))
+        message = self._scrub(_status_message(data))
+        where = f"OTLP/HTTP {signal} export to {url}: HTTP {status}" + (f" ({message})" if message else "")
+        if status in (401, 403):
+            raise SinkAuthError(f"{where}: the backend refused the credentials; check TELEMETRY_OTLP_TOKEN")
+        if status in _WRONG_ENDPOINT_HTTP:
+            raise SinkUnavailable(f"{where}: no OTLP receiver at this URL; check otlp.endpoint")
+        if 400 <= status < 500 and status not in _RETRYABLE_HTTP:
+            raise Rejected(where)
+        retry_after = _parse_retry_after(headers.get("retry-after"))
+        if retry_after is not None:
+            retry_after = min(retry_after, self._settings.max_retry_after)
+        raise SinkUnavailable(where, retry_after=retry_after)
+
+    def _post(self, signal: Signal, url: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        reused = self._connection is not None
+        try:
+            return self._round_trip(signal, body)
+        except _STALE_CONNECTION as exc:
+            self._disconnect()
+            if not reused:
+                raise SinkUnavailable(f"OTLP/HTTP {signal} export to {url} failed: {exc!r}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            self._disconnect()
+            raise SinkUnavailable(f"OTLP/HTTP {signal} export to {url} failed: {exc!r}") from None
+        # The kept-alive connection had gone stale: one more try on a fresh one.
+        try:
+            return self._round_trip(signal, body)
+        except (OSError, http.client.HTTPException) as exc:
+            self._disconnect()
+            raise SinkUnavailable(f"OTLP/HTTP {signal} export to {url} failed: {exc!r}") from None
+
+    def _round_trip(self, signal: Signal, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self._connection is None:
+            if self._ssl is not None:
+                self._connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._settings.timeout, context=self._ssl
+                )
+            else:
+                self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._settings.timeout)
+        self._connection.request("POST", self._paths[signal], body=body, headers=self._headers)
+        response = self._connection.getresponse()
+        data = response.read()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        if response.will_close:
+            self._disconnect()
+        return response.status, headers, data
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._disconnect()
+
+
+def _parse_response(signal: Signal, data: bytes) -> Any:
+    response_type = _SERVICES[signal][2]
+    try:
+        return response_type.FromString(data)
+    except DecodeError:
+        # A success whose body is not the protobuf response (some proxies): nothing partial to report.
+        return response_type()
+
+
+def _status_message(data: bytes) -> str:
+    """The ``google.rpc.Status`` message of an error body, else its text."""
+    if not data:
+        return ""
+    try:
+        status = status_pb2.Status.FromString(data)
+        if status.message:
+            return status.message
+    except DecodeError:
+        pass
+    return data.decode("utf-8", "replace").strip()
+
+
+def _parse_retry_after(value: Optional[str]) -> Optional[float]:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,136 @@
+"""Events, records and configs the alert tests build (no fixtures: plain helpers)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Sequence
+
+import msgspec
+import redis
+
+from collector.alerts.config import AlertsConfig
+from collector.alerts.rules import AlertRecord
+from collector.durations import dec_hook
+from collector.records import Record
+from emitters.events import CustomEvent, ErrorEvent, Event, GenerationCompleted, RuntimeStatus, encode, is_error
+
+_alert = msgspec.json.Decoder(AlertRecord)
+
+
+def envelope(ts: float, service: str = "engine", **fields: Any) -> dict[str, Any]:
+    base = {
+        "id": secrets.token_hex(16),
+        "ts": int(ts * 1e9),
+        "service": service,
+        "host": "test-host",
+        "pid": 4242,
+        "trace_id": secrets.token_hex(16),
+        "span_id": secrets.token_hex(8),
+    }
+    base.update(fields)
+    return base
+
+
+def error_event(
+    ts: float, *, service: str = "engine", severity: str = "error", error_type: str = "ValueError", **fields: Any
+) -> ErrorEvent:
+    return ErrorEvent(
+        **envelope(ts, service, severity=severity, error_type=error_type, message=fields.pop("message", "boom"), **fields)
+    )
+
+
+def completed(ts: float, *, ttft_ms: float, service: str = "engine", model: str = "tiny", **fields: Any) -> GenerationCompleted:
+    return GenerationCompleted(
+        **envelope(
+            ts,
+            service,
+            model=model,
+            request_id=secrets.token_hex(4),
+            prompt_tokens=10,
+            generation_tokens=20,
+            duration_ms=ttft_ms + 100,
+            ttft_ms=ttft_ms,
+            **fields,
+        )
+    )
+
+
+def status(ts: float, *, service: str = "engine") -> RuntimeStatus:
+    return RuntimeStatus(**envelope(ts, service, status="ready", models_loaded=1))
+
+
+def custom(ts: float, type: str, *, service: str = "engine", **attrs: Any) -> CustomEvent:
+    return CustomEvent(**envelope(ts, service, type=type, attrs=attrs))
+
+
+def record(event: Event) -> Record:
+    return Record(stream="errors" if is_error(event) else "events", stream_id="1-0", event=event, raw=encode(event))
+
+
+def records(*events: Event) -> list[Record]:
+    return [record(event) for event in events]
+
+
+def alerts_config(**raw: Any) -> AlertsConfig:
+    return msgspec.convert(raw, AlertsConfig, dec_hook=dec_hook)
+
+
+def stream_alerts(client: redis.Redis, key: str = "telemetry:alerts") -> list[AlertRecord]:
+    """Every record in the alerts stream, oldest first, decoded from the `alert` field."""
+    return [_alert.decode(fields[b"alert"]) for _, fields in client.xrange(key)]
+
+
+class FakeClock:
+    """Unix seconds that move only when told; starts at the real time (Redis expiries are real)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+class Receiver:
+    """A local HTTP server that records POSTs and answers with scripted statuses.
+
+    ``statuses`` are used in order, the last one repeating; ``hold`` blocks
+    every request until it is set (a hung receiver).
+    """
+
+    def __init__(self, statuses: Sequence[int] = (200,)) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[str, dict[str, str], Any]] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.hold.wait(30)
+                receiver.requests.append((self.path, dict(self.headers), json.loads(body)))
+                code = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.hold.set()
+        self.server.shutdown()
+        self.server.server_close()
