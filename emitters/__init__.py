@@ -23,7 +23,7 @@ from emitters.events import (
     decode,
     encode,
 )
-from emitters.streams import PAYLOAD_FIELD, StreamNames, stream_names
+from emitters.streams import PAYLOAD_FIELD, StreamNames, decode_live, stream_names
 
 __all__ = [
     "Emitter",
@@ -46,4 +46,5 @@ __all__ = [
     "PAYLOAD_FIELD",
     "StreamNames",
     "stream_names",
+    "decode_live",
 ]

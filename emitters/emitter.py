@@ -123,7 +123,8 @@ _random_bits = random.getrandbits
 _time_ns = time.time_ns
 
 # KEYS: events stream, errors stream, batch token key.
-# ARGV: token ttl, events maxlen, errors maxlen, live channel, field, then (route, payload) pairs.
+# ARGV: token ttl, events maxlen, errors maxlen, live channel, field, then (route, payload) pairs;
+# a live payload is a msgpack array of encoded events (see streams.decode_live).
 _SHIP_BATCH = """
 if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then
   return -1
@@ -138,7 +139,7 @@ for i = 6, #ARGV, 2 do
     redis.call('PUBLISH', ARGV[4], ARGV[i + 1])
   end
 end
-return (#ARGV - 5) / 2
+return 1
 """
 
 
@@ -176,7 +177,7 @@ class Emitter:
         buffer_size: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 0.01,
-        live_flush_interval: float = 0.1,
+        live_flush_interval: float = 0.25,
         token_events: TokenEvents = "live",
         token_sample_rate: int = 100,
         strict: bool = False,
@@ -266,6 +267,7 @@ class Emitter:
         self._stop = threading.Event()
         self._closed = False
         self._worker: Optional[threading.Thread] = None
+        self._lingering = False  # the worker holds back live tokens; other events wake it
         self._client: Optional["redis.Redis"] = None
         self._script: Any = None
         self._sent = 0
@@ -447,7 +449,7 @@ class Emitter:
         self._buffer.append(capture)
         if self._worker is None:
             self._start_worker()
-        elif len(self._buffer) >= self.batch_size and not self._wake.is_set():
+        elif (len(self._buffer) >= self.batch_size or (self._lingering and cls is not TokenGenerated)) and not self._wake.is_set():
             self._wake.set()
 
     def _materialize(self, capture: tuple[Any, ...]) -> tuple[str, bytes]:
@@ -560,10 +562,16 @@ class Emitter:
     def _run(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():
-            woken = self._wake.wait(self.flush_interval if backoff == 0 else backoff)
-            self._wake.clear()
-            if not woken and backoff == 0 and self._only_young_live_tokens():
+            linger = 0.0 if backoff else self._live_linger()
+            if linger > 0:
+                # Only young live tokens are buffered: sleep until they are due,
+                # unless another event arrives first (_submit wakes us then).
+                self._lingering = True
+                self._wake.wait(linger)
+                self._lingering = False
+            elif not self._wake.wait(backoff or self.flush_interval) and not backoff and self._live_linger() > 0:
                 continue
+            self._wake.clear()
             while self._buffer or self._inflight is not None:
                 if self._stop.is_set():
                     return
@@ -575,17 +583,20 @@ class Emitter:
                 self._stop.wait(random.uniform(backoff / 2, backoff))
                 break
 
-    def _only_young_live_tokens(self) -> bool:
-        """True while the buffer holds nothing but live token events younger than
-        ``live_flush_interval``: those may wait to ship in a bigger batch, because
-        each batch costs the host process a fixed ~0.1-0.5 ms of CPU and a token
-        stream would otherwise pay it every ``flush_interval`` for a few events."""
+    def _live_linger(self) -> float:
+        """Seconds the buffer may still wait, when it holds nothing but live token
+        events younger than ``live_flush_interval``; 0 otherwise.
+
+        Each batch costs the host process a fixed ~0.2 ms of CPU, so a token
+        stream shipped every ``flush_interval`` would pay it for a handful of
+        events; lingering ships the same tokens in a few larger batches.
+        """
         if self.token_events not in ("live", "sample") or self._inflight is not None:
-            return False
+            return 0.0
         pending = self._buffer.copy()  # atomic under the GIL, unlike iterating the deque
-        if not pending or _time_ns() - pending[0][3] >= self._live_flush_ns:
-            return False
-        return all(capture[0] is TokenGenerated for capture in pending)
+        if not pending or not all(capture[0] is TokenGenerated for capture in pending):
+            return 0.0
+        return max(0.0, (pending[0][3] + self._live_flush_ns - _time_ns()) / 1e9)
 
     def _take_batch(self) -> _Batch:
         items: list[tuple[str, bytes]] = []
@@ -656,9 +667,18 @@ class Emitter:
             self.names.live,
             PAYLOAD_FIELD,
         ]
+        live: list[bytes] = []
         for route, payload in batch.items:
-            args.append(route)
-            args.append(payload)
+            if route == _TO_LIVE:
+                live.append(payload)
+            else:
+                args.append(route)
+                args.append(payload)
+        if live:
+            # One message for all of a batch's tokens: a PUBLISH per token costs
+            # Redis (and, on a small machine, the engine's cores) ~20 us each.
+            args.append(_TO_LIVE)
+            args.append(self._encoder.encode(live))
         keys = [self.names.events, self.names.errors, f"{self.names.events}:batch:{batch.token}"]
         self._script(keys=keys, args=args)
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from collector.embedded import RedisProcess
-from emitters import Emitter, ValidationError, decode
+from emitters import Emitter, ValidationError, decode, decode_live
 from emitters.streams import PAYLOAD_FIELD, stream_names
 
 NAMES = stream_names("telemetry")
@@ -94,7 +94,7 @@ class TestRouting:
             assert em.flush(10)
         live = []
         while (message := pubsub.get_message(timeout=0.5)) is not None:
-            live.append(decode(message["data"]))
+            live.extend(decode_live(message["data"]))
         pubsub.close()
         assert redis_client.xlen(NAMES.events) == to_stream
         assert len(live) == to_live

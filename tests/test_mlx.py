@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten  # noqa: E402
 
 import emitters.mlx as telemetry_mlx  # noqa: E402
 from collector.tinymodel import BUILD_VERSION, build_tiny_model, tiny_model_path  # noqa: E402
-from emitters import Emitter, decode  # noqa: E402
+from emitters import Emitter, decode_live  # noqa: E402
 from emitters.mlx import Instrumentation, instrument, percentile, uninstrument  # noqa: E402
 from tests.mlx_fixtures import (  # noqa: E402,F401 - fixtures are used by name
     engine_emitter,
@@ -337,7 +337,7 @@ class TestStreamGenerate:
         while len(live) < len(responses):
             message = pubsub.get_message(timeout=10)
             assert message is not None, f"only {len(live)} live token events arrived"
-            live.append(decode(message["data"]))
+            live.extend(decode_live(message["data"]))
         pubsub.close()
         assert [event.index for event in live] == list(range(len(responses)))
         events = read_stream(redis_client)

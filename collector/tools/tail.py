@@ -34,8 +34,8 @@ from collector.tools.common import (
     redis_options,
     warn,
 )
-from emitters.events import DecodeError, decode
-from emitters.streams import StreamNames
+from emitters.events import DecodeError
+from emitters.streams import StreamNames, decode_live
 
 __all__ = ["tail", "entry_order"]
 
@@ -102,7 +102,7 @@ class _Follower:
         rows: list[StoredEvent] = []
         while (message := self.pubsub.get_message(timeout=0)) is not None:
             try:
-                rows.append(StoredEvent("live", None, decode(message["data"])))
+                rows.extend(StoredEvent("live", None, event) for event in decode_live(message["data"]))
             except DecodeError:
                 undecodable.append(self.names.live)
         return rows
