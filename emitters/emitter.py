@@ -90,6 +90,7 @@ _HEX32 = re.compile("^[0-9a-f]{32}$")
 _HEX16 = re.compile("^[0-9a-f]{16}$")
 _SERVICE = re.compile("^[A-Za-z0-9_-]{1,100}$")
 _ID_PATTERNS = {"id": _HEX32, "trace_id": _HEX32, "span_id": _HEX16, "parent_span_id": _HEX16}
+_CALLER_CHECKED = frozenset({"user_id", "trace_id", "span_id", "parent_span_id"})
 
 
 def _trusting(cls: type) -> type:
@@ -461,9 +462,13 @@ class Emitter:
         cls, arguments, fields, ts, scope = capture
         if cls is None:
             return arguments, fields  # strict mode encoded it at the call site
-        typed = dict(zip(_ARGUMENTS[cls], arguments))
-        if fields:
-            self._place_fields(cls, typed, fields)
+        allowed = _FIELDS[cls]
+        # The captured kwargs dict is ours alone: when every key is a typed field
+        # (the usual case) it becomes the event's fields without a copy.
+        typed = fields if fields.keys() <= allowed else self._split_attrs(allowed, fields)
+        typed.update(zip(_ARGUMENTS[cls], arguments))
+        if not _CALLER_CHECKED.isdisjoint(typed):
+            self._check_caller_ids(typed)
         ids = "%080x" % _random_bits(320)  # one call for id, trace id and span id
         if scope is None:
             typed.setdefault("trace_id", ids[32:64])
@@ -472,10 +477,7 @@ class Emitter:
             for name, value in scope.items():
                 typed.setdefault(name, value)
         typed.setdefault("ts", ts)
-        typed["id"] = ids[:32]
-        typed["service"] = self.service
-        typed["host"] = self.host
-        typed["pid"] = self._pid
+        typed.update(id=ids[:32], service=self.service, host=self.host, pid=self._pid)
         # convert validates every caller-supplied field against the contract and
         # builds the struct in one pass; a ValidationError names the field and rule.
         event = msgspec.convert(typed, _WIRE_STRUCTS[cls])
@@ -490,9 +492,10 @@ class Emitter:
             return _TO_ERRORS, payload
         return _TO_EVENTS, payload
 
-    def _place_fields(self, cls: type, typed: dict[str, Any], fields: dict[str, Any]) -> None:
-        """Typed fields and correlation ids to the top level, the rest to ``attrs``."""
-        allowed = _FIELDS[cls]
+    @staticmethod
+    def _split_attrs(allowed: frozenset[str], fields: dict[str, Any]) -> dict[str, Any]:
+        """Typed fields and correlation ids stay at the top level, the rest go to ``attrs``."""
+        typed: dict[str, Any] = {}
         attrs: dict[str, Any] = dict(fields.pop("attrs", None) or ())
         for name, value in fields.items():
             if name in allowed:
@@ -501,14 +504,15 @@ class Emitter:
                 attrs[name] = value
         if attrs:
             typed["attrs"] = attrs
+        return typed
+
+    def _check_caller_ids(self, typed: dict[str, Any]) -> None:
+        """Hash a caller's user_id; validate trace/span ids the caller passed in."""
         if typed.get("user_id") is not None:
             typed["user_id"] = self.keyed_hash(str(typed["user_id"]))
         for name in ("trace_id", "span_id", "parent_span_id"):
             if typed.get(name) is not None:
                 check_id(name, typed[name])
-        for name in ("id", "service", "host", "pid"):
-            typed.pop(name, None)
-        fields.clear()
 
     def _token_route(self) -> str:
         mode = self.token_events

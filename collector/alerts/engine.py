@@ -35,6 +35,7 @@ from collector.alerts.rules import (
     AlertRecord,
     CompiledRule,
     Observation,
+    Relevance,
     Updates,
     collect,
     compile_rules,
@@ -84,6 +85,7 @@ class AlertEngine:
         self.config = config
         self.rules: list[CompiledRule] = compile_rules(config)
         self._by_name = {rule.name: rule for rule in self.rules}
+        self._relevance = Relevance(self.rules)
         self._windows = {rule.name: rule.window for rule in self.rules}
         self._new_rules = [rule for rule in self.rules if isinstance(rule.rule, NewRule)]
         self._log = log or structlog.get_logger("collector.alerts")
@@ -122,7 +124,13 @@ class AlertEngine:
         if not self.rules or not records:
             return
         now = self._clock()
-        updates = collect(self.rules, (Observation.from_event(record.event) for record in records), now)
+        relevant = self._relevance
+        observations = (
+            Observation.from_event(record.event)
+            for record in records
+            if relevant(record.event.type, record.event.severity)
+        )
+        updates = collect(self.rules, observations, now)
         self.counters["observed"] += len(records)
         with self._lock:
             self._pending.merge(updates)

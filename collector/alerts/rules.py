@@ -164,13 +164,16 @@ class Matcher:
             return not synthetic
         return self._type.match(type) is not None
 
+    def accepts_severity(self, severity: str) -> bool:
+        if self._severity is not None and severity != self._severity:
+            return False
+        return self._min_rank is None or SEVERITY_RANK.get(severity, 0) >= self._min_rank
+
     def accepts(self, obs: Observation) -> bool:
         """Every condition but the type (which callers check once per type)."""
         if self._service is not None and not self._service.match(obs.service):
             return False
-        if self._severity is not None and obs.severity != self._severity:
-            return False
-        if self._min_rank is not None and SEVERITY_RANK.get(obs.severity, 0) < self._min_rank:
+        if not self.accepts_severity(obs.severity):
             return False
         return all(_equal(expected, obs.get(name)) for name, expected in self._fields)
 
@@ -489,6 +492,27 @@ def _sighting(compiled: CompiledRule, rule: NewRule, obs: Observation, identity:
         f"{format_duration(rule.regression_after)} without one{tail}",
     )
     return Sighting(key=identity, group=group, ts=obs.ts, first=first, regression=regression)
+
+
+class Relevance:
+    """Whether any rule could accept an event of this type and severity.
+
+    Most events (info-level generations, tokens) match no rule; answering from
+    a cache keyed by (type, severity) spares them the per-event rule work.
+    """
+
+    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+        self._rules = rules
+        self._cache: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, type: str, severity: str) -> bool:
+        relevant = self._cache.get((type, severity))
+        if relevant is None:
+            relevant = self._cache[(type, severity)] = any(
+                rule.matches.accepts_type(type, False) and rule.matches.accepts_severity(severity)
+                for rule in self._rules
+            )
+        return relevant
 
 
 def collect(rules: Sequence[CompiledRule], observations: Iterable[Observation], now: float) -> Updates:
