@@ -200,3 +200,16 @@ class TestWebhookConfig:
             dec_hook=dec_hook,
         )
         assert webhook.resolved_headers() == {"X-Static": "1", "Authorization": "Bearer from-file", "X-Tenant": "t1"}
+
+
+class TestRunFlag:
+    def test_no_alerts_flag_reaches_the_config(self) -> None:
+        """`run --no-alerts` (and TELEMETRY_ALERTS) is a real option of the daemon, mapped to alerts.enabled."""
+        from collector.commands.run import run
+
+        with run.make_context("run", ["--no-alerts"]) as ctx:
+            assert ctx.params["alerts__enabled"] is False
+        with run.make_context("run", [], default_map=None) as ctx:
+            assert ctx.params["alerts__enabled"] is None  # unset: the file or the default decides
+        option = next(param for param in run.params if param.name == "alerts__enabled")
+        assert option.envvar == "TELEMETRY_ALERTS"

@@ -86,8 +86,13 @@ def _run_parts(redis_url: str, parts: set[str], quick: bool, progress: Callable[
             redis_url, payload, events=5_000 if quick else 200_000, repeats=1 if quick else 3
         )
     if "otlp" in parts:
-        progress("row 4: OTLP encoding ...")
+        progress("row 4: OTLP encoding and collector throughput ...")
         rows.append(_otlp_encoding_row(events=500 if quick else 20_000, repeat=1 if quick else 5))
+        rows.append(
+            collector_bench.bench_collector_otlp(
+                redis_url, emitter_bench.sample_completed_payload(), events=2_000 if quick else 50_000, repeats=1 if quick else 2
+            )
+        )
     if "latency" in parts:
         progress("row 5: end-to-end latency ...")
         rows.append(collector_bench.bench_end_to_end_latency(redis_url, rate=5_000, seconds=1 if quick else 10))

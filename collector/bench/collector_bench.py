@@ -52,12 +52,14 @@ def _bare_consume(client: redis.Redis, stream: str, group: str, expected: int, b
     return time.perf_counter() - start
 
 
-def _spawn_collector(redis_url: str, prefix: str, jsonl_dir: str, batch: int) -> subprocess.Popen[bytes]:
+def _spawn_collector(
+    redis_url: str, prefix: str, jsonl_dir: str, batch: int, sink_args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "collector", "run",
         "--redis-url", redis_url, "--stream-prefix", prefix, "--jsonl-dir", jsonl_dir,
         "--consumer", "bench", "--batch-size", str(batch), "--block-ms", "100",
-        "--log-format", "json", "--log-level", "warning",
+        "--log-format", "json", "--log-level", "warning", *sink_args,
     ]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -98,40 +100,50 @@ def _count_lines(directory: str) -> int:
     return sum(path.read_bytes().count(b"\n") for path in Path(directory).glob("events-*.jsonl"))
 
 
+def _drain(
+    client: redis.Redis, redis_url: str, prefix: str, payload: bytes, events: int, batch: int,
+    sink_args: tuple[str, ...], jsonl_dir: str,
+) -> tuple[float, float, float]:
+    """Pre-fill, drain with the bare loop, then with the daemon: (ours ev/s, bare ev/s, peak RSS MB)."""
+    names = stream_names(prefix)
+    client.delete(names.events, names.errors)
+    _prefill(client, names.events, payload, events)
+    bare_rate = events / _bare_consume(client, names.events, "bare", events, batch)
+    process = _spawn_collector(redis_url, prefix, jsonl_dir, batch, sink_args)
+    started = None
+    ticker = threading.Event()
+    deadline = time.monotonic() + 600
+    while True:
+        read, pending = _group_progress(client, names.events)
+        if started is None and read > 0:
+            started = time.perf_counter()
+        if read >= events and pending == 0:
+            finished = time.perf_counter()
+            break
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"collector stopped early: {_stop(process)}")
+        ticker.wait(0.01)
+    peak = _peak_rss_mb(process.pid)
+    _stop(process)
+    client.delete(names.events, names.errors, names.dead)
+    assert started is not None
+    return events / (finished - started), bare_rate, peak
+
+
 def bench_collector_jsonl(redis_url: str, payload: bytes, *, events: int, repeats: int, batch: int = 500) -> list[Row]:
     """Rows 3 and 6: drain a pre-filled stream to all-acked through the JSONL sink."""
     client = redis.Redis.from_url(redis_url)
     ours_rates, bare_rates, peaks = [], [], []
     try:
         for attempt in range(repeats):
-            prefix = f"bench3x{attempt}"
-            names = stream_names(prefix)
-            client.delete(names.events, names.errors)
-            _prefill(client, names.events, payload, events)
-            bare_rates.append(events / _bare_consume(client, names.events, "bare", events, batch))
             with tempfile.TemporaryDirectory(prefix="bench-jsonl-") as jsonl_dir:
-                process = _spawn_collector(redis_url, prefix, jsonl_dir, batch)
-                started = None
-                ticker = threading.Event()
-                deadline = time.monotonic() + 600
-                while True:
-                    read, pending = _group_progress(client, names.events)
-                    if started is None and read > 0:
-                        started = time.perf_counter()
-                    if read >= events and pending == 0:
-                        finished = time.perf_counter()
-                        break
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"collector stopped early: {_stop(process)}")
-                    ticker.wait(0.01)
-                peaks.append(_peak_rss_mb(process.pid))
-                _stop(process)
+                ours, bare, peak = _drain(client, redis_url, f"bench3x{attempt}", payload, events, batch, (), jsonl_dir)
                 written = _count_lines(jsonl_dir)
                 if written < events:
                     raise RuntimeError(f"collector wrote {written} of {events} lines")
-            assert started is not None
-            ours_rates.append(events / (finished - started))
-            client.delete(names.events, names.errors, names.dead)
+            ours_rates.append(ours)
+            bare_rates.append(bare)
+            peaks.append(peak)
     finally:
         client.close()
     return [
@@ -156,6 +168,36 @@ def bench_collector_jsonl(redis_url: str, payload: bytes, *, events: int, repeat
             target_on="figure",
         ),
     ]
+
+
+def bench_collector_otlp(redis_url: str, payload: bytes, *, events: int, repeats: int, batch: int = 500) -> Row:
+    """Row 4a: drain a pre-filled stream through the OTLP sink (HTTP/protobuf, gzip) to a local receiver.
+
+    No target: the figure shows what the OTLP path sustains next to the bare loop.
+    """
+    from collector.bench.otlp_receiver import OtlpReceiver
+
+    client = redis.Redis.from_url(redis_url)
+    ours_rates, bare_rates = [], []
+    try:
+        with OtlpReceiver() as receiver, tempfile.TemporaryDirectory(prefix="bench-otlp-") as scratch:
+            sink_args = ("--no-jsonl", "--otlp-endpoint", receiver.endpoint, "--otlp-protocol", "http", "--no-alerts")
+            for attempt in range(repeats):
+                ours, bare, _ = _drain(client, redis_url, f"bench4x{attempt}", payload, events, batch, sink_args, scratch)
+                ours_rates.append(ours)
+                bare_rates.append(bare)
+            if receiver.log_records < events * repeats:
+                raise RuntimeError(f"receiver got {receiver.log_records} of {events * repeats} log records")
+    finally:
+        client.close()
+    return Row(
+        name="4a collector throughput, OTLP/HTTP",
+        figure=median(ours_rates),
+        baseline=median(bare_rates),
+        unit="ev/s",
+        baseline_label="bare XREADGROUP+decode+XACK",
+        detail={"events": events},
+    )
 
 
 def _tail_lines(directory: Path, stop: threading.Event) -> Iterator[tuple[int, bytes]]:

@@ -24,7 +24,7 @@ from click.core import ParameterSource
 
 from collector import durations
 from collector.alerts.engine import build_engine
-from collector.config import CLI_SETTINGS, CliSetting, Config, ConfigError, cli_settings, load_config, redacted
+from collector.config import CliSetting, Config, ConfigError, cli_settings, load_config, redacted
 from collector.daemon import Collector, build_sinks
 from collector.durations import Duration, DurationParam
 from collector.embedded import RedisNotFound, RedisProcess, free_port, port_is_free
@@ -106,7 +106,7 @@ def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
     # The OTLP section builds its own options (repeatable headers and the like).
     for decorator in reversed(otlp_cli_options()):
         command = decorator(command)
-    for setting in reversed(CLI_SETTINGS):
+    for setting in reversed([setting for setting in cli_settings() if not setting.path.startswith("otlp.")]):
         command = _option(setting)(command)
     return command
 
