@@ -192,7 +192,7 @@ class RedisProcess:
                 except redis.AuthenticationError:
                     return  # it answers; the caller brings the credentials
                 except redis.ResponseError as exc:
-                    if "NOAUTH" in str(exc) or "LOADING" not in str(exc):
+                    if "LOADING" not in str(exc):  # answering, if only with NOAUTH and the like
                         return
                 except (redis.ConnectionError, redis.TimeoutError):
                     pass

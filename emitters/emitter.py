@@ -1,8 +1,9 @@
 """The emitter: a non-blocking client that ships events into Redis Streams.
 
-``emit`` builds a Struct, encodes it with one reused msgpack Encoder, appends
-the bytes to a bounded deque and returns. One daemon thread drains the deque
-in batches. Every event that does not reach Redis is counted by reason.
+A helper call only captures the event (its arguments, timestamp and
+correlation scope) in a bounded deque and returns. One daemon thread builds,
+validates and encodes the captures with one reused msgpack Encoder and ships
+them in batches. Every event that does not reach Redis is counted by reason.
 
 Each batch is written by one Lua script call that first claims a random batch
 token with ``SET NX EX``. If Redis hangs (SIGSTOP, a stalled network) the
@@ -63,7 +64,8 @@ log = logging.getLogger("mlx_telemetry.emitter")
 TokenEvents = Literal["live", "sample", "stream", "off"]
 DROP_REASONS = ("buffer_full", "invalid", "too_large", "redis_unavailable", "closed")
 
-# Buffer entries are (route, payload); the route picks the Redis destination.
+# Buffer entries are captures: (event class, helper arguments, kwargs, ts, scope).
+# Encoded events travel as (route, payload); the route picks the Redis destination.
 _TO_EVENTS, _TO_ERRORS, _TO_LIVE = "e", "x", "l"
 _ERROR_RANK = SEVERITY_RANK["error"]
 _ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__)
@@ -119,6 +121,8 @@ def check_id(name: str, value: Any) -> None:
     pattern = _ID_PATTERNS[name]
     if not isinstance(value, str) or not pattern.match(value):
         raise msgspec.ValidationError(f"Expected `str` matching regex {pattern.pattern!r} - at `$.{name}`")
+
+
 _current_scope = _context._scope.get
 _random_bits = random.getrandbits
 _time_ns = time.time_ns
@@ -142,6 +146,7 @@ for i = 6, #ARGV, 2 do
 end
 return 1
 """
+_SHIP_BATCH_SHA = hashlib.sha1(_SHIP_BATCH.encode()).hexdigest()
 
 
 class _TooLarge(ValueError):
@@ -273,7 +278,6 @@ class Emitter:
         self._worker: Optional[threading.Thread] = None
         self._lingering = False  # the worker holds back live tokens; other events wake it
         self._client: Optional["redis.Redis"] = None
-        self._script: Any = None
         self._sent = 0
         self._dropped = dict.fromkeys(DROP_REASONS, 0)
         self._token_counter = 0
@@ -704,7 +708,6 @@ class Emitter:
             # Retries are ours: capped, jittered, and never on the caller's thread.
             options = {"retry": Retry(NoBackoff(), 0), **self._redis_options}
             self._client = redis.Redis.from_url(self._redis_url, **options)
-            self._script = self._client.register_script(_SHIP_BATCH)
         args: list[Any] = [
             self.batch_token_ttl,
             self.events_maxlen,
@@ -724,13 +727,13 @@ class Emitter:
             # Redis (and, on a small machine, the engine's cores) ~20 us each.
             args.append(_TO_LIVE)
             args.append(self._encoder.encode(live))
-        command = ("EVALSHA", self._script.sha, 3, self.names.events, self.names.errors,
+        command = ("EVALSHA", _SHIP_BATCH_SHA, 3, self.names.events, self.names.errors,
                    f"{self.names.events}:batch:{batch.token}", *args)  # fmt: skip
         pool = self._client.connection_pool
         connection = pool.get_connection()
         try:
             connection.send_command(*command)
-            if self._staged is None and self._buffer and batch is self._inflight:
+            if self._staged is None and self._buffer:
                 self._prepare(self._claim())
             try:
                 connection.read_response()

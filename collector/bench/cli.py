@@ -11,7 +11,6 @@ import click
 
 from collector.bench.report import Row, machine_header, render_table
 
-# (rows, full-run size, --quick size) per part; sizes are event counts or seconds.
 _PARTS = ("emit", "throughput", "collector", "otlp", "latency", "mlx")
 
 

@@ -6,7 +6,6 @@ the baselines run in this process on the same Redis and the same entries.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -332,6 +331,5 @@ def bench_end_to_end_latency(redis_url: str, *, rate: int, seconds: float) -> Ro
             "p50_ms": percentile(latencies, 0.5),
             "baseline_p50_ms": percentile(baseline, 0.5),
             "events": len(latencies),
-            "pid": os.getpid(),
         },
     )

@@ -21,12 +21,17 @@ _COMPLETED_FIELDS: dict[str, Any] = {
 }
 
 
-def emit_completed(emitter: Emitter, index: int) -> None:
-    """The typical hot-path call: a generation.completed with its aggregates."""
-    emitter.generation_completed(
-        "llama-3b-4bit", "req-1", 118, 256, 2140.5,
-        ttft_ms=41.5, tokens_per_second=87.2, prompt_tps=950.0, peak_memory_gb=2.4, finish_reason="stop",
-    )  # fmt: skip
+def completed_call(emitter: Emitter) -> Callable[[int], None]:
+    """The typical hot-path call, a generation.completed with its aggregates, as
+    written in an engine: literal arguments, one call, nothing in between."""
+
+    def emit(index: int) -> None:
+        emitter.generation_completed(
+            "llama-3b-4bit", "req-1", 118, 256, 2140.5,
+            ttft_ms=41.5, tokens_per_second=87.2, prompt_tps=950.0, peak_memory_gb=2.4, finish_reason="stop",
+        )  # fmt: skip
+
+    return emit
 
 
 def _otel_logger() -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -80,13 +85,7 @@ def bench_emit_hot_path(redis_url: str, *, calls: int, repeats: int) -> Row:
     """Row 1: ns per call, ours vs the OTel SDK, interleaved blocks in one process."""
     emitter = Emitter("bench", redis_url, buffer_size=calls * 2, hash_secret="bench", events_maxlen=calls * 2)
     otel_emit, otel_shutdown = _otel_logger()
-
-    def ours_call(index: int) -> None:
-        emitter.generation_completed(
-            "llama-3b-4bit", "req-1", 118, 256, 2140.5,
-            ttft_ms=41.5, tokens_per_second=87.2, prompt_tps=950.0, peak_memory_gb=2.4, finish_reason="stop",
-        )  # fmt: skip
-
+    ours_call = completed_call(emitter)
     try:
         for warm in (ours_call, otel_emit):
             _per_call_ns(warm, min(calls, 2_000))
@@ -139,8 +138,9 @@ def bench_emitter_throughput(redis_url: str, *, events: int, repeats: int) -> Ro
                 events_maxlen=events * 2, hash_secret="bench",
             )  # fmt: skip
             start = time.perf_counter()
+            emit = completed_call(emitter)
             for index in range(events):
-                emit_completed(emitter, index)
+                emit(index)
             if not emitter.flush(120):
                 raise RuntimeError(f"emitter did not drain: {emitter.stats()}")
             ours_rates.append(events / (time.perf_counter() - start))
