@@ -6,8 +6,10 @@ explicitly by those who want it.
 """
 
 from emitters.context import correlation
-from emitters.emitter import DROP_REASONS, Emitter
+from emitters.emitter import Emitter
 from emitters.events import (
+    DROP_REASONS,
+    ClientReport,
     CustomEvent,
     DecodeError,
     ErrorEvent,
@@ -18,6 +20,7 @@ from emitters.events import (
     ModelLoaded,
     ModelUnloaded,
     RuntimeStatus,
+    SpanEnded,
     TokenGenerated,
     ValidationError,
     decode,
@@ -38,6 +41,8 @@ __all__ = [
     "ModelLoaded",
     "ModelUnloaded",
     "RuntimeStatus",
+    "SpanEnded",
+    "ClientReport",
     "TokenGenerated",
     "DecodeError",
     "ValidationError",

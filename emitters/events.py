@@ -31,6 +31,9 @@ __all__ = [
     "GenerationCompleted",
     "ErrorEvent",
     "RuntimeStatus",
+    "SpanEnded",
+    "ClientReport",
+    "DROP_REASONS",
     "CustomEvent",
     "Event",
     "TYPED_EVENTS",
@@ -92,8 +95,9 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     host: HostName
     pid: NonNegInt
     severity: Severity = "info"
-    trace_id: Hex32
-    span_id: Hex16
+    # None outside every scope: an event carries a trace only when it belongs to one.
+    trace_id: Optional[Hex32] = None
+    span_id: Optional[Hex16] = None
     parent_span_id: Optional[Hex16] = None
     request_id: Optional[CorrelationId] = None
     job_id: Optional[CorrelationId] = None
@@ -189,6 +193,42 @@ class RuntimeStatus(TypedEvent, tag="runtime.status", kw_only=True):
     peak_memory_gb: Optional[NonNegFloat] = None
 
 
+class SpanEnded(TypedEvent, tag="span.ended", kw_only=True):
+    """A closed scope: its envelope ids are the span's own (trace, span, parent)."""
+
+    name: Name
+    start_ts: NonNegInt
+    duration_ms: NonNegFloat
+    status: Literal["ok", "error"] = "ok"
+    status_message: Optional[ShortText] = None
+    error_type: Optional[Name] = None
+    parent_remote: bool = False
+
+
+# Why an emitter did not deliver an event; client reports count drops by these.
+DROP_REASONS: tuple[str, ...] = (
+    "buffer_full",
+    "invalid",
+    "too_large",
+    "redis_unavailable",
+    "redis_refused",  # Redis answered with an error (OOM, READONLY, NOPERM)
+    "closed",
+    "fork_exit",  # a child process ended with events still unsent
+)
+
+
+class ClientReport(TypedEvent, tag="client.report", kw_only=True):
+    """An emitter's own losses since its previous report, so they leave the process."""
+
+    # Keyed by plain names, not a Literal: a newer emitter's new reason must still decode.
+    dropped: Annotated[Dict[Name, NonNegInt], Meta(max_length=32)] = {}
+    dropped_total: NonNegInt = 0
+    sent: NonNegInt = 0
+    buffer_high_water: NonNegInt = 0
+    reconnects: NonNegInt = 0
+    interval_s: NonNegFloat = 0.0
+
+
 class CustomEvent(Envelope, kw_only=True):
     """An event of any other type: envelope plus free-form ``attrs``."""
 
@@ -206,6 +246,8 @@ TYPED_EVENTS: dict[str, type[TypedEvent]] = {
         GenerationCompleted,
         ErrorEvent,
         RuntimeStatus,
+        SpanEnded,
+        ClientReport,
     )
 }
 for _name, _cls in TYPED_EVENTS.items():

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from emitters import context as _context
 from emitters.emitter import Emitter
-from emitters.events import MAX_PROMPT_LEN
+from emitters.privacy import prompt_fields
 
 __all__ = [
     "Instrumentation",
@@ -411,14 +411,9 @@ class Instrumentation:
         fields.update(self._sampler_fields(extra.get("sampler")))
         if bound.get("draft_model") is not None:
             fields["speculative"] = True
-        if text is not None:
-            if self.capture_prompts:
-                fields["prompt"] = text[:MAX_PROMPT_LEN]
-            else:
-                fields["prompt_chars"] = len(text)
-                fields["prompt_hash"] = self.emitter.keyed_hash(text)
-        # event() rather than generation_started(): the emitter's helper would
-        # apply its own prompt policy, and ours may differ.
+        fields.update(prompt_fields(text, capture=self.capture_prompts, keyed_hash=self.emitter.keyed_hash))
+        # event() rather than generation_started(): the helper would apply the
+        # emitter's capture setting, and this instrumentation's may differ.
         self.emitter.event("generation.started", model=name, request_id=request_id, **fields)
 
     def _emit_completed(

@@ -365,7 +365,7 @@ class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
             return False
         if self.min_severity is not None and SEVERITY_RANK[event.severity] < SEVERITY_RANK[self.min_severity]:
             return False
-        if self.trace_id is not None and not event.trace_id.startswith(self.trace_id):
+        if self.trace_id is not None and not (event.trace_id or "").startswith(self.trace_id):
             return False
         if self.request_id is not None and event.request_id != self.request_id:
             return False
@@ -581,7 +581,8 @@ def event_details(event: Event) -> list[str]:
 
 def _ids(event: Event) -> list[str]:
     words = [f"{name}={_value(value)}" for name, value in (("req", event.request_id), ("job", event.job_id)) if value]
-    words.append(f"trace={event.trace_id[:8]}")
+    if event.trace_id:  # events outside every scope carry no trace
+        words.append(f"trace={event.trace_id[:8]}")
     return words
 
 

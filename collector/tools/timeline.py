@@ -44,7 +44,8 @@ def matched_by(event: Event, wanted: str, kind: IdKind) -> list[str]:
     found: list[str] = []
     if kind in ("any", "trace"):
         trace = wanted.lower()
-        if event.trace_id == trace or (len(trace) >= MIN_TRACE_PREFIX and event.trace_id.startswith(trace)):
+        event_trace = event.trace_id or ""  # events outside every scope carry no trace
+        if event_trace == trace or (len(trace) >= MIN_TRACE_PREFIX and event_trace.startswith(trace)):
             found.append("trace")
     if kind in ("any", "request") and event.request_id == wanted:
         found.append("request")
