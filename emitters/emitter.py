@@ -317,7 +317,7 @@ class Emitter:
     # -- client reports -----------------------------------------------------
 
     def _maybe_report(self) -> None:
-        """On the worker: ship a client report when one is due and anything changed."""
+        """On the worker: ship a client report when one is due and there were losses or reconnects."""
         now = time.monotonic()
         if now >= self._next_report:
             self._next_report = now + self.report_interval

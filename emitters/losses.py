@@ -70,7 +70,8 @@ class Losses:
             }
 
     def report(self) -> Optional[dict[str, Any]]:
-        """The fields of a ``client.report`` for what changed since the last one; None if nothing did."""
+        """The fields of a ``client.report`` for what changed since the last one; None when
+        nothing was dropped and no reconnect happened since."""
         with self._lock:
             dropped, sent, reconnects = self._reported
             delta = {reason: count - dropped[reason] for reason, count in self.dropped.items() if count != dropped[reason]}
@@ -81,7 +82,9 @@ class Losses:
                 "buffer_high_water": self.high_water,
                 "reconnects": self.reconnects - reconnects,
             }
-            if not (delta or fields["sent"] or fields["reconnects"]):
+            # Only losses (and the reconnects around them) make a report worth an event:
+            # a healthy emitter adds nothing to the streams it feeds.
+            if not (delta or fields["reconnects"]):
                 return None
             now = time.monotonic()
             fields["interval_s"] = round(now - self._reported_at, 3)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
 import redis
 
@@ -25,3 +26,11 @@ def host_events(client: redis.Redis, stream: str) -> list[Any]:
 
 def of_type(client: redis.Redis, stream: str, event_type: str) -> list[Any]:
     return [event for event in read_stream(client, stream) if event.type == event_type]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return value
