@@ -38,6 +38,8 @@ __all__ = [
 # Ids a scope can carry besides trace_id/span_id.
 CORRELATION_KEYS = ("request_id", "job_id", "worker_id", "machine_id", "user_id")
 _SCOPE_KEYS = frozenset(CORRELATION_KEYS) | {"trace_id", "span_id"}
+# A user id travels hashed, so its raw length is not the wire's limit; this only bounds memory.
+_MAX_USER_ID_LEN = 1 << 16
 
 _scope: ContextVar[Optional[Mapping[str, str]]] = ContextVar("mlx_telemetry_scope", default=None)
 
@@ -143,9 +145,9 @@ def _open(name: Any, traceparent: Any, ids: dict[str, Any], strict: bool) -> Spa
                 _rejected(strict, error)
                 continue
             scope_ids[key] = value
-        elif key == "user_id" or (isinstance(value, str) and 1 <= len(value) <= MAX_ID_LEN):
+        elif isinstance(value, str) and 1 <= len(value) <= (MAX_ID_LEN if key != "user_id" else _MAX_USER_ID_LEN):
             scope_ids[key] = value  # user_id is hashed when an event is built (emitters.privacy)
-        elif isinstance(value, int) and not isinstance(value, bool):
+        elif isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64:
             scope_ids[key] = str(value)
         else:
             _rejected(strict, invalid(key, f"Expected `str` of 1 to {MAX_ID_LEN} characters"))

@@ -48,7 +48,7 @@ from emitters.privacy import Privacy, prompt_fields, resolve_secret
 from emitters.settings import check_settings
 from emitters.shipper import RedisShipper
 from emitters.streams import stream_names
-from emitters.validation import ValidationError, explain
+from emitters.validation import ValidationError, explain, invalid
 
 __all__ = ["Emitter", "DROP_REASONS", "TokenEvents"]
 
@@ -213,6 +213,8 @@ class Emitter:
     def event(self, type: str, **fields: Any) -> None:
         """Emit an event by name: typed when the contract knows it, custom otherwise."""
         cls = TYPED_EVENTS.get(type) if type.__class__ is str else None
+        if cls is ClientReport:
+            raise invalid("type", "Expected a type other than client.report, which only the emitter itself sends")
         if cls is None:
             self._submit(CustomEvent, (type,), fields)
         else:
@@ -266,12 +268,12 @@ class Emitter:
     @_guarded(drops=False, fallback=lambda: False)
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything buffered so far reached Redis; False on timeout."""
-        return self._batcher.flush(float(timeout))
+        return self._batcher.flush(_seconds(timeout))
 
     @_guarded(drops=False)
     def close(self, timeout: float = 5.0) -> None:
         """Flush within ``timeout``, then stop; what could not be sent is counted."""
-        self._close(float(timeout), "redis_unavailable")
+        self._close(_seconds(timeout), "redis_unavailable")
 
     @_guarded(drops=False, fallback=dict)
     def stats(self) -> dict[str, Any]:
@@ -367,6 +369,12 @@ class Emitter:
         self._batcher.closed = closed
         self._losses.reset()
         self._init_process()
+
+
+def _seconds(timeout: Any) -> float:
+    """A caller's timeout as seconds: NaN and negatives mean do not wait."""
+    seconds = float(timeout)
+    return seconds if seconds >= 0 else 0.0
 
 
 def _finalize_in_multiprocessing_child(emitter: Emitter) -> None:

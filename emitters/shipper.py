@@ -84,7 +84,9 @@ class RedisShipper:
         self._head = [token_ttl, events_maxlen, errors_maxlen, names.live, PAYLOAD_FIELD]
         self._encode = encode
         self._client: "redis.Redis | None" = None
-        self.client()  # unknown options fail here, at construction, not on the worker
+        pool = self.client().connection_pool
+        # Unknown options fail here, at construction, not on the worker (nothing connects yet).
+        pool.connection_class(**pool.connection_kwargs)
 
     def client(self) -> "redis.Redis":
         if self._client is None:

@@ -25,6 +25,8 @@ _PATTERN_WORDS = {
     "^[A-Za-z0-9_-]{1,100}$": "of 1 to 100 letters, digits, '_' or '-'",
     r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$": "in dotted lowercase entity.action form, e.g. job.created",
 }
+# msgspec quotes the pattern as repr() does, backslashes doubled.
+_QUOTED_WORDS = {repr(pattern)[1:-1]: words for pattern, words in _PATTERN_WORDS.items()}
 _REGEX = re.compile(r"matching regex '(.*)' - at")
 
 ID_RULES = {
@@ -40,7 +42,7 @@ def explain(exc: BaseException) -> ValidationError:
     message = str(exc)
     match = _REGEX.search(message)
     if match is not None:
-        words = _PATTERN_WORDS.get(match.group(1), "matching the contract's pattern for it")
+        words = _QUOTED_WORDS.get(match.group(1), "matching the contract's pattern for it")
         message = message[: match.start()] + words + " - at" + message[match.end() :]
     if isinstance(exc, ValidationError) and match is None:
         return exc
