@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
 import redis
 import structlog
 
+from collector.clientreports import record_client_reports
 from collector.config import Config
 from collector.consumer import RawEntry, decode_entries
 from collector.deadletter import DeadLetter, dead_letter_fields
@@ -115,6 +116,7 @@ class Counters:
     claimed: int = 0
     lost: int = 0  # trimmed from the stream while pending: gone before we could read them
     reconnects: int = 0
+    client_dropped: int = 0  # drops engines reported in client.report events (collector.clientreports)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -502,6 +504,7 @@ class Collector:
                 self._write_sinks(batch)
                 if self.alert_engine is not None:
                     self.alert_engine.observe(batch.records)
+                self.counters.client_dropped += record_client_reports(self._redis, self.names, batch.records)
             batch.delivered = True
             self.counters.written += len(batch.records) - batch.rejected
         if batch.dead:

@@ -10,7 +10,8 @@ like the rest of the config, so a bad rule is reported with its field path::
 
 With no config at all the built-in :data:`DEFAULT_RULES` are active: critical
 errors above 10 a minute, more than 5 errors a minute from one service, a new
-error kind, and collector lag close to the stream's MAXLEN.
+error kind, collector lag close to the stream's MAXLEN, and an engine reporting
+dropped events.
 """
 
 from __future__ import annotations
@@ -344,6 +345,20 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         severity="critical",
         summary="collector lag on {stream} reached {value:.0%} of the stream's MAXLEN: "
         "unread entries are about to be trimmed",
+    ),
+    # Engines report their own losses (emitters' client.report events, #13).
+    ValueRule(
+        name="engine-drops",
+        filter=Filter(type="client.report"),
+        group_by=["service"],
+        field="dropped_total",
+        aggregate="sum",
+        op=">",
+        threshold=0,
+        window=Duration(300),
+        severity="warning",
+        summary="engine {service} dropped {value:.0f} telemetry events in 5m (its client reports): "
+        "see 'telemetry-collector health'",
     ),
 )
 DEFAULT_RULE_NAMES = tuple(rule.name for rule in DEFAULT_RULES)

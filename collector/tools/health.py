@@ -14,6 +14,7 @@ import click
 import msgspec
 import redis
 
+from collector.clientreports import ClientDrops, read_client_drops, recent_drop_reasons
 from collector.durations import Duration, DurationParam, format_duration
 from collector.redisconn import redact_url
 from collector.tools.common import (
@@ -57,6 +58,7 @@ class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
     backlog_ratio: float = 0.8  # of MAXLEN, as the daemon's lag_warn_ratio
     pending_max_idle: float = 300.0  # seconds
     max_dead: int = 0
+    client_drops_within: float = 300.0  # seconds: engines' reported drops this recent degrade health
 
 
 class ConsumerInfo(msgspec.Struct, kw_only=True):
@@ -114,6 +116,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     streams: list[StreamInfo]
     collectors: list[Heartbeat]
     dead_letters: int
+    client_drops: list[ClientDrops] = []  # what engines reported losing (collector.clientreports)
 
 
 # -- pure ----------------------------------------------------------------------
@@ -168,6 +171,7 @@ def assess(snapshot: Snapshot, limits: Thresholds) -> list[str]:
         reasons.append(
             f"{snapshot.dead_letters} dead letters (limit {limits.max_dead}): see 'telemetry-collector dlq list'"
         )
+    reasons.extend(recent_drop_reasons(snapshot.client_drops, limits.client_drops_within))
     return reasons
 
 
@@ -287,6 +291,7 @@ def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) 
         streams=streams,
         collectors=_heartbeats(client, names, now_ms / 1000),
         dead_letters=next(s.length for s in streams if s.kind == "dead"),
+        client_drops=read_client_drops(client, names, now_ms / 1000),
     )
 
 
@@ -342,6 +347,9 @@ def _print_snapshot(snapshot: Snapshot, status: str, reasons: list[str]) -> None
             f"{beat.written:>9} {beat.acked:>9} {beat.dead_lettered:>6} {beat.claimed:>8}"
         )
     echo(f"dead letters: {snapshot.dead_letters}")
+    for drops in snapshot.client_drops:
+        detail = ", ".join(f"{reason} {count}" for reason, count in drops.dropped.items()) or "-"
+        echo(f"engine {drops.service}: dropped {drops.dropped_total} ({detail}), last drop {_ago(drops.last_drop_age_s)}")
     colour = "green" if status == "healthy" else "yellow"
     echo(click.style(f"status: {status}", fg=colour, bold=True))
     for reason in reasons:
