@@ -37,10 +37,11 @@ def prepared(redis_url: str, redis_client: redis.Redis) -> Prepared:
     """A known set of events from three services at known times, each tagged with a short name."""
     now = time.time_ns()
     with emitters(redis_url, "api", "engine", "worker") as (api, engine, worker):
-        with api.context(trace_id=TRACE, request_id="r1", job_id="j1"):
-            api.event("request.received", tag="a1", ts=now - 50 * MINUTE, route="/v1/generate")
-            engine.generation_started("tiny", "r1", tag="e1", ts=now - 49 * MINUTE, prompt_tokens=7)
-            engine.generation_completed("tiny", "r1", 7, 20, 812.5, tag="e2", ts=now - 48 * MINUTE)
+        # Ids given per event rather than by a scope: a scope would add its own span.ended event.
+        ids = {"trace_id": TRACE, "job_id": "j1"}
+        api.event("request.received", tag="a1", ts=now - 50 * MINUTE, route="/v1/generate", request_id="r1", **ids)
+        engine.generation_started("tiny", "r1", tag="e1", ts=now - 49 * MINUTE, prompt_tokens=7, **ids)
+        engine.generation_completed("tiny", "r1", 7, 20, 812.5, tag="e2", ts=now - 48 * MINUTE, **ids)
         api.error(ValueError("bad input"), tag="x1", ts=now - 30 * MINUTE, request_id="r2")
         worker.event("job.progress_updated", tag="w1", ts=now - 120 * MINUTE, severity="warn", job_id="j2", done=3)
         engine.error("model stalled", error_type="TimeoutError", severity="critical", tag="c1", ts=now - 10 * MINUTE)
@@ -108,7 +109,7 @@ class TestSearchFilters:
         text = cli("search", "--redis-url", redis_url, "--since", "1h").stdout.splitlines()
         assert len(text) == len(rows)
         for line, row in zip(text, rows):
-            assert row["service"] in line and row["type"] in line and row["trace_id"][:8] in line
+            assert row["service"] in line and row["type"] in line and row.get("trace_id", "")[:8] in line
         assert "ValueError: bad input" in text[2] and "ERROR" in text[2]
 
     def test_undecodable_entries_are_skipped_and_reported(self, redis_url: str, redis_client: redis.Redis, prepared: Prepared) -> None:

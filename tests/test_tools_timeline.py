@@ -27,15 +27,15 @@ class Story(NamedTuple):
 def story(redis_url: str, redis_client: redis.Redis) -> Story:
     """Request r-42 goes api -> engine -> api, with a 2.5 s stall inside the engine; plus noise."""
     start = time.time_ns() - 60 * SECOND
+    # Ids given per event rather than by a scope: a scope would add its own span.ended event.
+    ids = {"trace_id": TRACE, "job_id": "job-7"}
     with emitters(redis_url, "api", "engine") as (api, engine):
         # The engine ships first, so the streams hold the story out of order.
-        with engine.context(trace_id=TRACE, request_id="r-42", job_id="job-7"):
-            engine.generation_started("tiny", "r-42", tag="started", ts=start + 12 * MS)
-            engine.generation_completed("tiny", "r-42", 5, 9, 2500.0, tag="completed", ts=start + 2512 * MS)
+        engine.generation_started("tiny", "r-42", tag="started", ts=start + 12 * MS, **ids)
+        engine.generation_completed("tiny", "r-42", 5, 9, 2500.0, tag="completed", ts=start + 2512 * MS, **ids)
         assert engine.flush(10)
-        with api.context(trace_id=TRACE, request_id="r-42", job_id="job-7"):
-            api.event("request.received", tag="received", ts=start)
-            api.error("upstream closed", error_type="ConnectionError", tag="failed", ts=start + 2600 * MS)
+        api.event("request.received", tag="received", ts=start, request_id="r-42", **ids)
+        api.error("upstream closed", error_type="ConnectionError", tag="failed", ts=start + 2600 * MS, request_id="r-42", **ids)
         api.event("request.received", tag="other", ts=start + 100 * MS, request_id="r-43")
     return Story(start, tags_by_id(redis_client))
 
