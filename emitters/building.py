@@ -36,9 +36,19 @@ from emitters.events import (
 from emitters.fingerprint import error_type_name, fingerprint, fingerprint_exception, format_stack, message_template
 from emitters.privacy import Privacy
 from emitters.shipper import TO_ERRORS, TO_EVENTS, TO_LIVE, TO_REPORT
-from emitters.validation import ValidationError, check_id, explain, overflowing_field
+from emitters.validation import ValidationError, check_id, explain, invalid, overflowing_field
 
-__all__ = ["ARGUMENTS", "EventBuilder", "TooLarge", "error_fields"]
+__all__ = ["ARGUMENTS", "MISSING", "EventBuilder", "TooLarge", "error_fields"]
+
+
+class _Missing:
+    """The default of a helper's positional argument the caller did not give."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
 
 _ERROR_RANK = SEVERITY_RANK["error"]
 _ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__)
@@ -132,7 +142,14 @@ class EventBuilder:
         # The captured kwargs dict is ours alone: when every key is a typed field
         # (the usual case) it becomes the event's fields without a copy.
         typed = fields if fields.keys() <= allowed else _split_attrs(allowed, fields)
-        typed.update(zip(ARGUMENTS[cls], arguments))
+        names = ARGUMENTS[cls]
+        if len(arguments) > len(names):
+            raise ValidationError(f"Expected at most {len(names)} positional arguments, got {len(arguments)}; pass fields by keyword")
+        for name, value in zip(names, arguments):
+            if value is not MISSING:
+                if name in typed:
+                    raise invalid(name, "Expected one value, got it both by position and by keyword")
+                typed[name] = value
         if not _CALLER_CHECKED.isdisjoint(typed):
             for name in _CALLER_CHECKED & typed.keys():
                 if typed[name] is not None:

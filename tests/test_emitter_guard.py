@@ -139,7 +139,9 @@ class TestStrictMessages:
             (lambda em: em.event("job.created", attrs={"n": 2**70}), r"between -2\*\*63 and 2\*\*64-1 - at `\$.attrs.n`"),
             (lambda em: em.error("x" * 8000, error_type="Big"), r"max_event_bytes=4096"),
             (lambda em: em.generation_started("m", "r1", prompt=object()), r"token ids\) - at `\$.prompt`"),
-            (lambda em: em.model_loaded("m"), r"model_loaded\(\): .*missing 1 required positional argument: 'model_path'"),
+            (lambda em: em.model_loaded("m"), r"missing required field `model_path`"),
+            (lambda em: em.model_loaded("m", "/p", model="n"), r"both by position and by keyword - at `\$.model`"),
+            (lambda em: em.model_unloaded("m", "extra"), r"at most 1 positional arguments, got 2"),
             (lambda em: em.event("job.created", attrs=5), r"Expected `object`, got `int` - at `\$.attrs`"),
         ],
     )
