@@ -3,13 +3,14 @@
 An emitter counts what it could not deliver (buffer full, invalid, Redis
 unavailable, ...) and ships the counts as ``client.report`` events. The daemon
 hands every delivered batch to :func:`record_client_reports`, which adds each
-report's counts to a per-service hash, ``{prefix}:clientreports:{service}``
-(reason -> total, ``dropped_total``, ``reports``, ``last_drop_ms``,
-``last_host``, ``last_pid``), listed in the set ``{prefix}:clientreports``.
-A report is counted once even when its entry is delivered twice: its event id
-is claimed with ``SET NX`` in the same script. ``health`` reads the hashes
-with :func:`read_client_drops`; the built-in ``engine-drops`` alert rule reads
-the events themselves.
+report's counts to one hash, ``{prefix}:clientreports``, whose fields are
+``{service}|{name}``: each drop reason's total, ``dropped_total``, ``reports``,
+``last_drop_ms``, ``last_host``, ``last_pid``. A report is counted once even
+when its entry is delivered twice: its event id is claimed with ``ZADD NX`` in
+``{prefix}:clientreports:seen`` in the same script. Only hash and sorted-set
+commands the collector's ACL user already has are used; ``health`` reads the
+hash with one HGETALL (:func:`read_client_drops`). The built-in
+``engine-drops`` alert rule reads the events themselves.
 """
 
 from __future__ import annotations
@@ -24,41 +25,40 @@ from collector.records import Record
 from emitters.events import ClientReport
 from emitters.streams import StreamNames
 
-__all__ = ["ClientDrops", "record_client_reports", "read_client_drops", "recent_drop_reasons", "index_key", "service_key"]
+__all__ = ["ClientDrops", "record_client_reports", "read_client_drops", "recent_drop_reasons", "totals_key"]
 
 # A redelivered entry comes back within the pending/claim cycle; two days covers the
 # late-arrival window with room to spare.
-_SEEN_TTL_S = 2 * 86400
-# A service that stopped reporting drops falls out of health after a week.
-_KEEP_S = 7 * 86400
+_SEEN_MS = 2 * 86400 * 1000
+# Services whose last report is older than this are left out of health.
+_SHOWN_S = 7 * 86400
+# Service names match ^[A-Za-z0-9_-]{1,100}$, so '|' cannot occur in one.
+_SEP = "|"
 
-# KEYS: seen-id key, service hash, index set. ARGV: seen ttl, keep ttl, service, ts ms, host, pid,
+# KEYS: seen zset, totals hash. ARGV: id, now ms, seen window ms, service, report ts ms, host, pid,
 # dropped_total, then (reason, count) pairs.
 _RECORD = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then
   return 0
 end
-for i = 8, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+local service = ARGV[4] .. '|'
+for i = 9, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[2], service .. ARGV[i], ARGV[i + 1])
 end
-redis.call('HINCRBY', KEYS[2], 'dropped_total', ARGV[7])
-redis.call('HINCRBY', KEYS[2], 'reports', 1)
-if tonumber(ARGV[7]) > 0 then
-  redis.call('HSET', KEYS[2], 'last_drop_ms', ARGV[4])
+redis.call('HINCRBY', KEYS[2], service .. 'dropped_total', ARGV[8])
+redis.call('HINCRBY', KEYS[2], service .. 'reports', 1)
+if tonumber(ARGV[8]) > 0 then
+  redis.call('HSET', KEYS[2], service .. 'last_drop_ms', ARGV[5])
 end
-redis.call('HSET', KEYS[2], 'last_host', ARGV[5], 'last_pid', ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[3])
-return tonumber(ARGV[7])
+redis.call('HSET', KEYS[2], service .. 'last_report_ms', ARGV[5], service .. 'last_host', ARGV[6],
+           service .. 'last_pid', ARGV[7])
+return tonumber(ARGV[8])
 """
 
 
-def index_key(names: StreamNames) -> str:
+def totals_key(names: StreamNames) -> str:
     return names.events.rsplit(":", 1)[0] + ":clientreports"
-
-
-def service_key(names: StreamNames, service: str) -> str:
-    return f"{index_key(names)}:{service}"
 
 
 def record_client_reports(client: redis.Redis, names: StreamNames, records: Sequence[Record]) -> int:
@@ -67,11 +67,12 @@ def record_client_reports(client: redis.Redis, names: StreamNames, records: Sequ
     if not reports:
         return 0
     script = client.register_script(_RECORD)
+    keys = [totals_key(names) + ":seen", totals_key(names)]
+    now_ms = int(time.time() * 1000)
     counted = 0
     for report in reports:
         pairs: list[Any] = [item for reason, count in sorted(report.dropped.items()) for item in (reason, count)]
-        keys = [f"{index_key(names)}:seen:{report.id}", service_key(names, report.service), index_key(names)]
-        args = [_SEEN_TTL_S, _KEEP_S, report.service, report.ts // 1_000_000, report.host, report.pid,
+        args = [report.id, now_ms, _SEEN_MS, report.service, report.ts // 1_000_000, report.host, report.pid,
                 report.dropped_total, *pairs]  # fmt: skip
         counted += int(script(keys=keys, args=args))
     return counted
@@ -89,40 +90,35 @@ class ClientDrops(msgspec.Struct, kw_only=True):
     last_pid: int
 
 
-_NUMERIC_META = ("dropped_total", "reports", "last_drop_ms", "last_pid")
+_META = ("dropped_total", "reports", "last_drop_ms", "last_report_ms", "last_host", "last_pid")
 
 
 def read_client_drops(client: redis.Redis, names: StreamNames, now_s: float | None = None) -> list[ClientDrops]:
-    """Every reporting service's drop totals, most dropped first."""
+    """Every service that reported within a week, with its drop totals, most dropped first."""
     now_s = time.time() if now_s is None else now_s
-    services = sorted(member.decode(errors="replace") for member in client.smembers(index_key(names)))
-    if not services:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for service in services:
-        pipe.hgetall(service_key(names, service))
-    found = []
-    for service, raw in zip(services, pipe.execute()):
-        if raw:  # expired: the service has not reported drops for a week
-            found.append(_parse(service, raw, now_s))
-    return sorted(found, key=lambda drops: (-drops.dropped_total, drops.service))
+    by_service: dict[str, dict[str, str]] = {}
+    for field, value in client.hgetall(totals_key(names)).items():
+        service, _, name = field.decode(errors="replace").partition(_SEP)
+        by_service.setdefault(service, {})[name] = value.decode(errors="replace")
+    recent = [
+        _parse(service, text, now_s)
+        for service, text in by_service.items()
+        if now_s - _int(text.get("last_report_ms")) / 1000 <= _SHOWN_S
+    ]
+    return sorted(recent, key=lambda drops: (-drops.dropped_total, drops.service))
 
 
-def _parse(service: str, raw: dict[bytes, bytes], now_s: float) -> ClientDrops:
-    text = {key.decode(errors="replace"): value.decode(errors="replace") for key, value in raw.items()}
-    numbers = {name: _int(text.get(name)) for name in _NUMERIC_META}
-    dropped = {
-        name: _int(value) for name, value in text.items() if name not in _NUMERIC_META and not name.startswith("last_")
-    }
-    last_drop_ms = numbers["last_drop_ms"]
+def _parse(service: str, text: dict[str, str], now_s: float) -> ClientDrops:
+    dropped = {name: _int(value) for name, value in text.items() if name not in _META}
+    last_drop_ms = _int(text.get("last_drop_ms"))
     return ClientDrops(
         service=service,
-        dropped_total=numbers["dropped_total"],
+        dropped_total=_int(text.get("dropped_total")),
         dropped={name: count for name, count in sorted(dropped.items()) if count},
-        reports=numbers["reports"],
+        reports=_int(text.get("reports")),
         last_drop_age_s=round(max(0.0, now_s - last_drop_ms / 1000), 3) if last_drop_ms else None,
         last_host=text.get("last_host", ""),
-        last_pid=numbers["last_pid"],
+        last_pid=_int(text.get("last_pid")),
     )
 
 
