@@ -14,13 +14,10 @@ returns normally and counts what it dropped; with ``strict=True`` it raises
 
 from __future__ import annotations
 
-import atexit
 import functools
 import os
 import socket
-import sys
 import time
-import weakref
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Literal, Mapping, Optional, TypeVar
 
@@ -43,6 +40,7 @@ from emitters.events import (
     SpanEnded,
     TokenGenerated,
 )
+from emitters.lifecycle import ProcessHooks
 from emitters.losses import Losses
 from emitters.privacy import Privacy, prompt_fields, resolve_secret
 from emitters.settings import check_settings
@@ -63,12 +61,12 @@ _time_ns = time.time_ns
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _guarded(drops: bool = True, fallback: Callable[[], Any] = lambda: None) -> Callable[[_F], _F]:
-    """The one guard around every public entry point.
+def _guarded(fallback: Callable[[], Any] = lambda: None) -> Callable[[_F], _F]:
+    """The guard of the entry points that emit no event (context, flush, close, stats).
 
-    Non-strict: any failure, including arguments that do not bind, returns
-    ``fallback()``; an event it cost is counted as invalid. Strict: it raises
-    ValidationError naming the field and rule.
+    Non-strict: any failure, including arguments that do not bind, is logged
+    once and the call returns ``fallback()``. Strict: it raises ValidationError.
+    The event helpers guard their own bodies the same way (see ``_reject``).
     """
 
     def wrap(method: _F) -> _F:
@@ -83,10 +81,7 @@ def _guarded(drops: bool = True, fallback: Callable[[], Any] = lambda: None) -> 
                     if isinstance(exc, ValidationError):
                         raise explain(exc) from None
                     raise ValidationError(f"{entry}(): {exc}") from exc
-                if drops:
-                    self._losses.invalid(exc)
-                else:
-                    warn_once(f"{entry}:{type(exc).__name__}", "telemetry %s() failed: %s: %s", entry, type(exc).__name__, exc)
+                warn_once(f"{entry}:{type(exc).__name__}", "telemetry %s() failed: %s: %s", entry, type(exc).__name__, exc)
                 return fallback()
 
         return guarded  # type: ignore[return-value]
@@ -167,19 +162,9 @@ class Emitter:
             lingers=token_events in ("live", "sample"), max_backoff=max_backoff, periodic=self._maybe_report,
         )  # fmt: skip
         self._offer = self._batcher.offer
-        self._first_pid = os.getpid()
-        self._multiprocessing_hooked = False
         self._init_process()
         _context.set_default_sink(self)
-
-        # Bound to a weakref so no hook keeps a dropped Emitter alive.
-        ref = weakref.ref(self)
-        os.register_at_fork(
-            before=lambda: (emitter := ref()) and emitter._before_fork(),
-            after_in_child=lambda: (emitter := ref()) and emitter._after_fork_in_child(),
-        )
-        self._atexit_hook = lambda: (emitter := ref()) and emitter._close_at_exit()
-        atexit.register(self._atexit_hook)
+        self._hooks = ProcessHooks(self)
 
     def _init_process(self) -> None:
         self._pid = self._builder.pid = os.getpid()
@@ -187,7 +172,7 @@ class Emitter:
 
     # -- public API ---------------------------------------------------------
 
-    @_guarded(drops=False, fallback=lambda: nullcontext({}))
+    @_guarded(fallback=lambda: nullcontext({}))
     def context(self, name: str = "scope", *, traceparent: Optional[str] = None, **ids: Any) -> ContextManager[Mapping[str, str]]:
         """Scope in which every event carries these correlation ids: one span.
 
@@ -312,17 +297,17 @@ class Emitter:
             raise explain(exc) if isinstance(exc, ValidationError) else ValidationError(f"{type(exc).__name__}: {exc}") from exc
         self._losses.invalid(exc)
 
-    @_guarded(drops=False, fallback=lambda: False)
+    @_guarded(fallback=lambda: False)
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything buffered so far reached Redis; False on timeout."""
         return self._batcher.flush(_seconds(timeout))
 
-    @_guarded(drops=False)
+    @_guarded()
     def close(self, timeout: float = 5.0) -> None:
         """Flush within ``timeout``, then stop; what could not be sent is counted."""
         self._close(_seconds(timeout), "redis_unavailable")
 
-    @_guarded(drops=False, fallback=dict)
+    @_guarded(fallback=dict)
     def stats(self) -> dict[str, Any]:
         """Counts since this process started, and what the emitter knows of its state.
 
@@ -388,28 +373,12 @@ class Emitter:
             batcher.flush(min(timeout, 1.0))
         batcher.close(timeout, unsent_reason)
         self._shipper.close()
-        atexit.unregister(self._atexit_hook)
+        self._hooks.unregister()
         if _context._default_sink is not None and _context._default_sink() is self:
             _context.set_default_sink(None)
 
-    def _close_at_exit(self) -> None:
-        """atexit, or multiprocessing's finalizers in a child it ends without atexit."""
-        try:
-            self._close(self.exit_timeout, "fork_exit" if os.getpid() != self._first_pid else "redis_unavailable")
-        except Exception as exc:  # noqa: BLE001 - never raise out of interpreter exit
-            warn_once("exit", "telemetry emitter could not close at exit: %s", exc)
-
-    def _before_fork(self) -> None:
-        # multiprocessing children skip atexit and clear inherited finalizers;
-        # its after-fork registry is the hook that survives into them.
-        if not self._multiprocessing_hooked and "multiprocessing" in sys.modules:
-            import multiprocessing.util
-
-            multiprocessing.util.register_after_fork(self, _finalize_in_multiprocessing_child)
-            self._multiprocessing_hooked = True
-
-    def _after_fork_in_child(self) -> None:
-        """Start over in the child: no inherited buffer, lock, thread or Redis client."""
+    def _restart_in_child(self) -> None:
+        """Start over in a forked child: no inherited buffer, lock, thread or Redis client."""
         closed = self._batcher.closed
         self._shipper.abandon_after_fork()
         self._batcher.reset()
@@ -422,16 +391,3 @@ def _seconds(timeout: Any) -> float:
     """A caller's timeout as seconds: NaN and negatives mean do not wait."""
     seconds = float(timeout)
     return seconds if seconds >= 0 else 0.0
-
-
-def _finalize_in_multiprocessing_child(emitter: Emitter) -> None:
-    import multiprocessing.util
-
-    ref = weakref.ref(emitter)
-    multiprocessing.util.Finalize(emitter, _close_ref_at_exit, args=(ref,), exitpriority=10)
-
-
-def _close_ref_at_exit(ref: "weakref.ReferenceType[Emitter]") -> None:
-    emitter = ref()
-    if emitter is not None:
-        emitter._close_at_exit()

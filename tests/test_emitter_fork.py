@@ -52,7 +52,7 @@ class TestChildExit:
             try:
                 for _ in range(5):
                     em.event("child.tick")
-                em._close_at_exit()  # what atexit or multiprocessing's finalizer runs
+                em._hooks.close_at_exit()  # what atexit or multiprocessing's finalizer runs
                 os.write(write, json.dumps(em.stats()["dropped"]).encode())
                 code = 0
             finally:
