@@ -382,8 +382,9 @@ class Translator:
                 body,
                 fields.name_attribute,
                 wire.repeated(_T_LOG_ATTRIBUTE, items),
-                _T_LOG_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id),
-                _T_LOG_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id),
+                # An event outside every scope carries no trace (contract decision 1).
+                _T_LOG_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id) if event.trace_id else b"",
+                _T_LOG_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id) if event.span_id else b"",
                 fields.event_name,
             )
         )
@@ -402,9 +403,10 @@ class Translator:
 
     def _span(self, event: Event, duration_ms: float, items: list[bytes]) -> bytes:
         model = getattr(event, "model", None)
+        # Without a trace the event is its own trace (contract decision 2).
         parts = [
-            _T_SPAN_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id),
-            _T_SPAN_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id),
+            _T_SPAN_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id or event.id),
+            _T_SPAN_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id or event.id[:16]),
         ]
         if event.parent_span_id:
             parts.append(_T_SPAN_PARENT + b"\x08" + bytes.fromhex(event.parent_span_id))
