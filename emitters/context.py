@@ -33,6 +33,7 @@ __all__ = [
     "parse_traceparent",
     "scope",
     "set_default_sink",
+    "forget_default_sink",
 ]
 
 # Ids a scope can carry besides trace_id/span_id.
@@ -118,6 +119,12 @@ def set_default_sink(sink: Optional[SpanSink]) -> None:
     """The emitter that ends scopes opened by :func:`correlation` (the latest one made)."""
     global _default_sink
     _default_sink = None if sink is None else weakref.ref(sink)
+
+
+def forget_default_sink(sink: SpanSink) -> None:
+    """A closed emitter no longer ends :func:`correlation` scopes."""
+    if _default_sink is not None and _default_sink() is sink:
+        set_default_sink(None)
 
 
 def _rejected(strict: bool, error: ValidationError) -> None:

@@ -50,15 +50,15 @@ from emitters.validation import ValidationError, explain, invalid
 
 __all__ = ["Emitter", "DROP_REASONS", "TokenEvents"]
 
-
-def _extra(extra: tuple[Any, ...]) -> ValidationError:
-    return ValidationError(f"Expected no more positional arguments, got {len(extra)} more; pass fields by keyword")
-
 TokenEvents = Literal["live", "sample", "stream", "off"]
 
 _current_scope = _context._scope.get
 _time_ns = time.time_ns
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _extra(extra: tuple[Any, ...]) -> ValidationError:
+    return ValidationError(f"Expected no more positional arguments, got {len(extra)} more; pass fields by keyword")
 
 
 def _guarded(fallback: Callable[[], Any] = lambda: None) -> Callable[[_F], _F]:
@@ -167,7 +167,7 @@ class Emitter:
         self._hooks = ProcessHooks(self)
 
     def _init_process(self) -> None:
-        self._pid = self._builder.pid = os.getpid()
+        self._builder.pid = os.getpid()
         self._next_report = time.monotonic() + self.report_interval
 
     # -- public API ---------------------------------------------------------
@@ -374,8 +374,7 @@ class Emitter:
         batcher.close(timeout, unsent_reason)
         self._shipper.close()
         self._hooks.unregister()
-        if _context._default_sink is not None and _context._default_sink() is self:
-            _context.set_default_sink(None)
+        _context.forget_default_sink(self)
 
     def _restart_in_child(self) -> None:
         """Start over in a forked child: no inherited buffer, lock, thread or Redis client."""
