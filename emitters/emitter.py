@@ -135,6 +135,9 @@ class Emitter:
         self.host = host or socket.gethostname()[:255] or "unknown"
         self.exit_timeout = exit_timeout
         self.report_interval = report_interval
+        # Read-only reflections of the settings, for tools that show them (bench, demo).
+        self.buffer_size, self.batch_size, self.flush_interval = buffer_size, batch_size, flush_interval
+        self.events_maxlen, self.errors_maxlen, self.max_event_bytes = events_maxlen, errors_maxlen, max_event_bytes
         self._privacy = Privacy(resolve_secret(hash_secret))
         self.keyed_hash = self._privacy.keyed_hash
         self._losses = Losses()
