@@ -40,7 +40,7 @@ class Losses:
 
     def invalid(self, error: BaseException, count: int = 1) -> None:
         """Count an invalid event; the first of each kind is logged with its field and rule."""
-        message = f"{type(error).__name__}: {error}" if not str(error).startswith("Expected") else str(error)
+        message = _describe(error)
         with self._lock:
             self.dropped["invalid"] += count
             self.last_invalid = message
@@ -92,3 +92,12 @@ class Losses:
             self._reported_at = now
             self.high_water = 0  # the mark is per report interval
             return fields
+
+
+def _describe(error: BaseException) -> str:
+    """The error's message (its type first unless it is a contract rule); never raises."""
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 - an exception raised by the caller's own object
+        text = ""
+    return text if text.startswith("Expected") else f"{type(error).__name__}: {text}"
