@@ -198,7 +198,7 @@ def scope(name: Any, traceparent: Any, ids: dict[str, Any], sink: Optional[SpanS
             sink.end_span(span)
 
 
-def correlation(name: str = "scope", *, traceparent: Optional[str] = None, **ids: Any) -> Any:
+def correlation(name: Any = "scope", /, *extra: Any, traceparent: Any = None, **ids: Any) -> Any:
     """Open a scope: a new span inside the current trace (or a new trace).
 
     ``traceparent`` (a W3C header value) continues a propagated trace with the
@@ -208,4 +208,10 @@ def correlation(name: str = "scope", *, traceparent: Optional[str] = None, **ids
     as one ``span.ended`` event, through the most recently created emitter.
     """
     sink = _default_sink() if _default_sink is not None else None
+    # Like the emitter's entry points, it accepts any call: a name given by keyword
+    # is the name, extra positional arguments are reported and ignored.
+    if "name" in ids:
+        name = ids.pop("name")
+    if extra:
+        _rejected(bool(sink is not None and sink.strict), invalid("name", f"Expected one positional argument, got {1 + len(extra)}"))
     return scope(name, traceparent, ids, sink)

@@ -63,7 +63,7 @@ FIELD_NAMES = st.sampled_from(
 
 EVENT_METHODS = ("event", "model_loaded", "model_unloaded", "model_invalidated", "generation_started",
                  "token_generated", "generation_completed", "runtime_status", "error")  # fmt: skip
-OTHER_METHODS = ("context", "flush", "stats")
+OTHER_METHODS = ("context", "correlation", "flush", "stats")
 CALLS = st.tuples(
     st.sampled_from(EVENT_METHODS + OTHER_METHODS),
     st.lists(VALUES, max_size=6),
@@ -81,6 +81,10 @@ def _binds(method: Any, args: list, kwargs: dict) -> bool:
 
 def _call(emitter: Emitter, name: str, args: list, kwargs: dict) -> int:
     """Make the call as a host would; the number of events it should account for."""
+    if name == "correlation":  # module level; its span ends through the latest emitter, this one
+        with emitters.correlation(*args, **kwargs):
+            emitter.event("inside.scope")
+        return 2
     method = getattr(emitter, name)
     if name in ("flush", "stats"):
         method(*args, **kwargs)
@@ -94,7 +98,7 @@ def _call(emitter: Emitter, name: str, args: list, kwargs: dict) -> int:
 
 
 class TestNoCallRaises:
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(calls=st.lists(CALLS, min_size=1, max_size=6))
     def test_any_call_returns_and_every_event_is_sent_or_counted_once(self, redis_url: str, calls: list) -> None:
         """Whatever the methods and arguments, nothing raises, each call is quick, and after close
@@ -117,7 +121,7 @@ class TestNoCallRaises:
         assert len(delivered) + len(spans) == stats["sent"]
         client.close()
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(call=CALLS)
     def test_strict_mode_raises_only_validation_errors(self, redis_url: str, call: tuple) -> None:
         """strict=True turns every rejected call into ValidationError, never another exception."""
