@@ -31,6 +31,8 @@ __all__ = [
     "GenerationCompleted",
     "ErrorEvent",
     "RuntimeStatus",
+    "SpanEnded",
+    "ClientReport",
     "CustomEvent",
     "Event",
     "TYPED_EVENTS",
@@ -92,8 +94,9 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     host: HostName
     pid: NonNegInt
     severity: Severity = "info"
-    trace_id: Hex32
-    span_id: Hex16
+    # None outside every scope (contract decision 1): such an event belongs to no trace.
+    trace_id: Optional[Hex32] = None
+    span_id: Optional[Hex16] = None
     parent_span_id: Optional[Hex16] = None
     request_id: Optional[CorrelationId] = None
     job_id: Optional[CorrelationId] = None
@@ -189,6 +192,29 @@ class RuntimeStatus(TypedEvent, tag="runtime.status", kw_only=True):
     peak_memory_gb: Optional[NonNegFloat] = None
 
 
+class SpanEnded(TypedEvent, tag="span.ended", kw_only=True):
+    """A scope closed: the envelope's trace/span/parent ids are the scope's own."""
+
+    name: Name
+    start_ts: NonNegInt
+    duration_ms: NonNegFloat
+    status: Literal["ok", "error"] = "ok"
+    status_message: Optional[Annotated[str, Meta(max_length=MAX_MESSAGE_LEN)]] = None
+    error_type: Optional[Name] = None
+    parent_remote: bool = False
+
+
+class ClientReport(TypedEvent, tag="client.report", kw_only=True):
+    """An emitter's losses and traffic since its previous report."""
+
+    dropped: Dict[Annotated[str, Meta(min_length=1, max_length=64)], NonNegInt] = {}
+    dropped_total: NonNegInt = 0
+    sent: NonNegInt = 0
+    buffer_high_water: NonNegInt = 0
+    reconnects: NonNegInt = 0
+    interval_s: NonNegFloat = 0.0
+
+
 class CustomEvent(Envelope, kw_only=True):
     """An event of any other type: envelope plus free-form ``attrs``."""
 
@@ -206,6 +232,8 @@ TYPED_EVENTS: dict[str, type[TypedEvent]] = {
         GenerationCompleted,
         ErrorEvent,
         RuntimeStatus,
+        SpanEnded,
+        ClientReport,
     )
 }
 for _name, _cls in TYPED_EVENTS.items():
