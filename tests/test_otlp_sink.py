@@ -16,7 +16,7 @@ from collector.embedded import free_port
 from collector.otlp.config import OtlpConfig
 from collector.otlp.metrics import is_metric_event
 from collector.otlp.sink import OtlpSink
-from collector.otlp.translate import span_duration_ms
+from collector.otlp.spans import makes_span
 from collector.records import Record
 from collector.sinks import Sink, SinkAuthError, SinkRejected, SinkUnavailable
 from emitters.events import Event, encode
@@ -73,8 +73,8 @@ class TestDelivery:
         sink = make_sink(headers={"X-Tenant": "acme"})
         sink.write(batch)
         assert sorted(otlp_backend.event_ids()) == sorted(record.event.id for record in batch)
-        span_events = [record.event for record in batch if span_duration_ms(record.event) is not None]
-        assert sorted(span.span_id.hex() for _, span in otlp_backend.spans()) == sorted(e.span_id for e in span_events)
+        span_events = [record.event for record in batch if makes_span(record.event)]
+        assert sorted(span.span_id.hex() for _, span in otlp_backend.spans()) == sorted(e.id[:16] for e in span_events)
         names = {metric.name for _, _, metric in otlp_backend.metrics()}
         assert {"gen_ai.server.request.duration", "gen_ai.client.token.usage", "mlx.tokens.generated"} <= names
         assert {item.signal for item in otlp_backend.received} == {"logs", "traces", "metrics"}
@@ -275,7 +275,7 @@ class TestPermanentFailures:
         otlp_backend.fail("invalid", signals=("traces",))
         with pytest.raises(SinkRejected) as caught:
             make_sink().write(batch)
-        assert caught.value.records == [record for record in batch if span_duration_ms(record.event) is not None]
+        assert caught.value.records == [record for record in batch if makes_span(record.event)]
         assert len(otlp_backend.event_ids()) == len(batch)
         assert otlp_backend.requests("metrics")
 

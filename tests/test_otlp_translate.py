@@ -344,15 +344,16 @@ class TestResources:
 
 class TestSpans:
     def test_generation_span(self) -> None:
-        """A generation.completed span: name, kind, start = end - duration, ids and GenAI attributes."""
-        span, attrs = only_span(completed(parent_span_id=PARENT))
+        """A generation.completed span: name, kind, start = end - duration, ids (decision 2), GenAI attributes."""
+        event = completed(parent_span_id=PARENT)
+        span, attrs = only_span(event)
         assert span.name == "text_completion llama-3.2-1b"
         assert span.kind == trace_pb2.Span.SpanKind.SPAN_KIND_INTERNAL
         assert span.end_time_unix_nano == TS
         assert span.start_time_unix_nano == TS - 1_500_500_000
         assert span.trace_id == bytes.fromhex(TRACE)
-        assert span.span_id == bytes.fromhex(SPAN)
-        assert span.parent_span_id == bytes.fromhex(PARENT)
+        assert span.span_id == bytes.fromhex(event.id[:16])
+        assert span.parent_span_id == bytes.fromhex(SPAN)  # the enclosing scope
         assert span.status.code == trace_pb2.Status.StatusCode.STATUS_CODE_UNSET
         assert attrs["gen_ai.operation.name"] == "text_completion"
         assert attrs["gen_ai.provider.name"] == "mlx"
@@ -388,11 +389,14 @@ class TestSpans:
         assert attrs["duration_ms"] == 40
 
     def test_error_severity_sets_status(self) -> None:
-        """A failed operation with a duration carries STATUS_CODE_ERROR and its type as message."""
-        event = CustomEvent(**envelope(type="job.failed", severity="error", attrs={"duration_ms": 3.5}))
-        span, _ = only_span(event)
+        """A failed operation with a duration carries STATUS_CODE_ERROR, its message and error.type."""
+        event = CustomEvent(
+            **envelope(type="job.failed", severity="error", attrs={"duration_ms": 3.5, "error.type": "Timeout"})
+        )
+        span, attrs = only_span(event)
         assert span.status.code == trace_pb2.Status.StatusCode.STATUS_CODE_ERROR
-        assert span.status.message == "job.failed"
+        assert span.status.message == "job.failed failed"
+        assert attrs["error.type"] == "Timeout"
 
     def test_events_without_duration_make_no_span(self) -> None:
         """No duration, no span: the batch yields no trace request at all."""

@@ -28,7 +28,8 @@ import structlog
 
 from collector.otlp.config import OtlpConfig, OtlpSettings, Signal
 from collector.otlp.metrics import is_metric_event, metrics_request
-from collector.otlp.translate import TranslateOptions, Translator, span_duration_ms
+from collector.otlp.spans import makes_log, makes_span
+from collector.otlp.translate import TranslateOptions, Translator
 from collector.otlp.transport import Rejected, Transport, make_transport
 from collector.sinks import Record, SinkAuthError, SinkRejected, SinkUnavailable
 
@@ -145,10 +146,10 @@ class OtlpSink:
         for signal in self.settings.signals:
             if signal == "logs":
                 payloads[signal] = logs
-                items[signal] = len(events)
+                items[signal] = sum(1 for event in events if makes_log(event))
             elif signal == "traces":
                 payloads[signal] = spans
-                items[signal] = sum(1 for event in events if span_duration_ms(event) is not None)
+                items[signal] = sum(1 for event in events if makes_span(event))
             else:
                 items[signal] = sum(1 for event in events if is_metric_event(event))
                 request = metrics_request(
@@ -204,7 +205,7 @@ class OtlpSink:
             return list(batch)
         rejected: list[Record] = []
         for record in batch:
-            if "traces" in progress.rejections and span_duration_ms(record.event) is not None:
+            if "traces" in progress.rejections and makes_span(record.event):
                 rejected.append(record)
             elif "metrics" in progress.rejections and is_metric_event(record.event):
                 rejected.append(record)

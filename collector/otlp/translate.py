@@ -6,12 +6,17 @@ severity from the event, ``event_name`` and the ``event.name`` attribute from
 its type, the body its message (error events) or its type, and
 ``trace_id``/``span_id`` from its hex ids.
 
-A ``generation.completed`` event also becomes a span named
-``{gen_ai.operation.name} {model}`` that ends at the event's timestamp and
-starts ``duration_ms`` earlier; so does any other event carrying a duration
-(``load_ms`` of ``model.loaded``, or a numeric ``duration_ms``/``load_ms`` in
-``attrs``), named after its type. Spans keep the event's trace id, span id and
-parent span id, so logs, spans and the emitter's scopes line up.
+``trace_id``/``span_id`` are set only when the event has them: an event
+outside every scope belongs to no trace, and its record says so.
+
+Spans (ids and times: :mod:`collector.otlp.spans`): a ``span.ended`` event is
+the span of an emitter scope (and no log record: the span is its record); a
+``generation.completed`` or failed generation becomes a span named
+``{gen_ai.operation.name} {model}``, any other event carrying a duration
+(``load_ms`` of ``model.loaded``, a numeric ``duration_ms``/``load_ms`` in
+``attrs``) one named after its type. A failure makes the span's status ERROR
+with the error message as description, ``error.type``, and an ``exception``
+span event.
 
 Attribute names (logs and spans):
 
@@ -44,6 +49,7 @@ Requests are split so none exceeds ``max_request_bytes``.
 from __future__ import annotations
 
 import importlib.metadata
+import struct
 from typing import Any, Iterable, Optional
 
 import msgspec
@@ -55,14 +61,13 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from collector.otlp import wire
+from collector.otlp.spans import Failure, SpanShape, StartTimes, makes_log, span_shape
 from emitters.events import (
-    SEVERITY_RANK,
     TYPED_EVENTS,
     Envelope,
     ErrorEvent,
     Event,
-    GenerationCompleted,
-    ModelLoaded,
+    SpanEnded,
 )
 
 __all__ = [
@@ -74,7 +79,6 @@ __all__ = [
     "ENVELOPE_KEYS",
     "SEVERITY_NUMBERS",
     "attribute_key_for",
-    "span_duration_ms",
     "operation_name",
     "provider_name",
     "resource_attributes",
@@ -122,16 +126,18 @@ _ERROR_TYPE_KEY = "error.type"
 # Fields whose value is a list in the convention (a string array attribute).
 _ARRAY_FIELDS = frozenset({("generation.completed", "finish_reason")})
 # Fields holding a map of attributes, flattened to `<key>.<map key>`.
-_MAP_FIELDS = frozenset({("model.loaded", "metadata"), ("error", "context")})
+_MAP_FIELDS = frozenset({("model.loaded", "metadata"), ("error", "context"), ("client.report", "dropped")})
 # Content, exported only with capture_content.
 _CONTENT_FIELDS = frozenset({("generation.started", "prompt"), ("token.generated", "token")})
 
 OPERATION_KEY = "gen_ai.operation.name"
 PROVIDER_KEY = "gen_ai.provider.name"
-_DURATION_ATTRS = ("duration_ms", "load_ms")
 _SPAN_KIND_INTERNAL = trace_pb2.Span.SpanKind.SPAN_KIND_INTERNAL
 _STATUS_ERROR = trace_pb2.Status.StatusCode.STATUS_CODE_ERROR
-_ERROR_RANK = SEVERITY_RANK["error"]
+_SAMPLED = 0x01
+# SpanFlags: bit 8 says whether the parent is remote is known, bit 9 that it is.
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
 _CACHE_LIMIT = 4096
 
 
@@ -162,19 +168,6 @@ def provider_name(event: Event, options: TranslateOptions) -> str:
     """``gen_ai.provider.name``: the event's own ``attrs`` value, else the configured one."""
     value = event.attrs.get(PROVIDER_KEY)
     return value if isinstance(value, str) and value else options.provider_name
-
-
-def span_duration_ms(event: Event) -> Optional[float]:
-    """The duration a span is built from, or None when the event carries none."""
-    if isinstance(event, GenerationCompleted):
-        return event.duration_ms
-    if isinstance(event, ModelLoaded) and event.load_ms is not None:
-        return event.load_ms
-    for key in _DURATION_ATTRS:
-        value = event.attrs.get(key)
-        if type(value) in (int, float) and value >= 0:  # type: ignore[operator]
-            return float(value)  # type: ignore[arg-type]
-    return None
 
 
 def resource_attributes(service: str, host: str, pid: int, environment: Optional[str]) -> dict[str, Any]:
@@ -221,7 +214,9 @@ _PROVIDER_ENCODED = wire.attribute_key(PROVIDER_KEY)
 
 def _reserved(cls: Optional[type]) -> frozenset[str]:
     """Keys an event of ``cls`` sets itself; ``attrs`` with these keys get an ``attrs.`` prefix."""
-    keys = set(ENVELOPE_KEYS.values()) | {"event.name", _ERROR_TYPE_KEY}
+    keys = set(ENVELOPE_KEYS.values()) | {"event.name"}
+    if cls is ErrorEvent:  # elsewhere an emitter's own error.type is the standard one and stays
+        keys.add(_ERROR_TYPE_KEY)
     if cls is not None:
         keys |= {entry[3] for entry in _PLANS[cls][1]}
     return frozenset(keys)
@@ -256,6 +251,12 @@ _T_SPAN_START = wire.tag(_SPAN, "start_time_unix_nano")
 _T_SPAN_END = wire.tag(_SPAN, "end_time_unix_nano")
 _T_SPAN_ATTRIBUTE = wire.tag(_SPAN, "attributes")
 _T_SPAN_STATUS = wire.tag(_SPAN, "status")
+_T_SPAN_FLAGS = wire.tag(_SPAN, "flags")
+_T_SPAN_EVENT = wire.tag(_SPAN, "events")
+_SPAN_EVENT = trace_pb2.Span.Event.DESCRIPTOR
+_T_SPAN_EVENT_TIME = wire.tag(_SPAN_EVENT, "time_unix_nano")
+_T_SPAN_EVENT_NAME = wire.tag(_SPAN_EVENT, "name")
+_T_SPAN_EVENT_ATTRIBUTE = wire.tag(_SPAN_EVENT, "attributes")
 _T_STATUS_MESSAGE = wire.tag(trace_pb2.Status.DESCRIPTOR, "message")
 _T_STATUS_CODE = wire.tag(trace_pb2.Status.DESCRIPTOR, "code")
 
@@ -322,6 +323,8 @@ class Translator:
         self._resources: dict[_ResourceKey, bytes] = {}
         self._types: dict[str, _TypeFields] = {}
         self._plan_index = 1 if self.options.capture_content else 0
+        # Failed generations take their start from the request's generation.started.
+        self.starts = StartTimes()
 
     # -- logs and spans ----------------------------------------------------
 
@@ -337,17 +340,20 @@ class Translator:
         log_groups: dict[_ResourceKey, list[bytes]] = {}
         span_groups: dict[_ResourceKey, list[bytes]] = {}
         log_tag, span_tag = _LOGS.item, _TRACES.item
+        starts = self.starts
         for event in events:
-            duration_ms = span_duration_ms(event) if spans else None
-            if not logs and duration_ms is None:
+            starts.note(event)
+            shape = span_shape(event, starts) if spans else None
+            log = logs and makes_log(event)
+            if not log and shape is None:
                 continue
             key = (event.service, event.host, event.pid)
             items = self._attribute_items(event)
-            if logs:
+            if log:
                 record = self._log_record(event, observed_ns, items)
                 log_groups.setdefault(key, []).append(wire.length_delimited(log_tag, record))
-            if duration_ms is not None:
-                span = self._span(event, duration_ms, items)
+            if shape is not None:
+                span = self._span(event, shape, items)
                 span_groups.setdefault(key, []).append(wire.length_delimited(span_tag, span))
         return self._requests(_LOGS, log_groups), self._requests(_TRACES, span_groups)
 
@@ -364,9 +370,10 @@ class Translator:
         return self._log_record(event, observed_ns, self._attribute_items(event))
 
     def span(self, event: Event) -> Optional[bytes]:
-        """One serialized ``Span``, or None when the event carries no duration."""
-        duration_ms = span_duration_ms(event)
-        return None if duration_ms is None else self._span(event, duration_ms, self._attribute_items(event))
+        """One serialized ``Span``, or None when the event makes none."""
+        self.starts.note(event)
+        shape = span_shape(event, self.starts)
+        return None if shape is None else self._span(event, shape, self._attribute_items(event))
 
     def _log_record(self, event: Event, observed_ns: int, items: list[bytes]) -> bytes:
         fields = self._types.get(event.type) or self._type_fields(event.type)
@@ -374,19 +381,20 @@ class Translator:
             body = wire.length_delimited(_T_BODY, wire.length_delimited(_T_STRING, event.message.encode()))
         else:
             body = fields.body
-        return b"".join(
-            (
-                wire.fixed64(_T_TIME, event.ts),
-                wire.fixed64(_T_OBSERVED, observed_ns),
-                _SEVERITY_FIELDS[event.severity],
-                body,
-                fields.name_attribute,
-                wire.repeated(_T_LOG_ATTRIBUTE, items),
-                _T_LOG_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id),
-                _T_LOG_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id),
-                fields.event_name,
-            )
-        )
+        parts = [
+            wire.fixed64(_T_TIME, event.ts),
+            wire.fixed64(_T_OBSERVED, observed_ns),
+            _SEVERITY_FIELDS[event.severity],
+            body,
+            fields.name_attribute,
+            wire.repeated(_T_LOG_ATTRIBUTE, items),
+        ]
+        if event.trace_id is not None:
+            parts.append(_T_LOG_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id))
+            if event.span_id is not None:
+                parts.append(_T_LOG_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id))
+        parts.append(fields.event_name)
+        return b"".join(parts)
 
     def _type_fields(self, event_type: str) -> _TypeFields:
         if len(self._types) >= _CACHE_LIMIT:  # custom event types are open-ended
@@ -400,17 +408,22 @@ class Translator:
         self._types[event_type] = fields
         return fields
 
-    def _span(self, event: Event, duration_ms: float, items: list[bytes]) -> bytes:
+    def _span(self, event: Event, shape: SpanShape, items: list[bytes]) -> bytes:
         model = getattr(event, "model", None)
         parts = [
-            _T_SPAN_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id),
-            _T_SPAN_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id),
+            _T_SPAN_TRACE_ID + b"\x10" + shape.trace_id,
+            _T_SPAN_SPAN_ID + b"\x08" + shape.span_id,
         ]
-        if event.parent_span_id:
-            parts.append(_T_SPAN_PARENT + b"\x08" + bytes.fromhex(event.parent_span_id))
-        if type(event) is GenerationCompleted:
+        flags = _SAMPLED
+        if shape.parent_span_id is not None:
+            parts.append(_T_SPAN_PARENT + b"\x08" + shape.parent_span_id)
+            flags |= _HAS_IS_REMOTE | (_IS_REMOTE if shape.parent_remote else 0)
+        parts.append(_T_SPAN_FLAGS + struct.pack("<I", flags))
+        if type(event) is SpanEnded:
+            name = event.name
+        elif shape.generation:
             operation = operation_name(event, self.options)
-            name = f"{operation} {model}"
+            name = f"{operation} {model or 'unknown'}"
             generation = [
                 wire.sized_attribute(_OPERATION_ENCODED, operation),
                 wire.sized_attribute(_PROVIDER_ENCODED, provider_name(event, self.options)),
@@ -420,15 +433,18 @@ class Translator:
             items = generation + items
         else:
             name = f"{event.type} {model}" if model else event.type
+        failure = shape.failure
+        if failure is not None and type(event) is not ErrorEvent and _ERROR_TYPE_KEY not in event.attrs:
+            items = items + [wire.sized_attribute(_ERROR_TYPE_ENCODED, failure.error_type)]
         parts.append(wire.length_delimited(_T_SPAN_NAME, name.encode()))
         parts.append(_T_SPAN_KIND + wire.varint(_SPAN_KIND_INTERNAL))
-        parts.append(wire.fixed64(_T_SPAN_START, max(0, event.ts - round(duration_ms * 1_000_000))))
-        parts.append(wire.fixed64(_T_SPAN_END, event.ts))
+        parts.append(wire.fixed64(_T_SPAN_START, shape.start_ns))
+        parts.append(wire.fixed64(_T_SPAN_END, shape.end_ns))
         parts.append(wire.repeated(_T_SPAN_ATTRIBUTE, items))
-        if SEVERITY_RANK[event.severity] >= _ERROR_RANK:
-            message = event.message if type(event) is ErrorEvent else event.type
+        if failure is not None:
+            parts.append(wire.length_delimited(_T_SPAN_EVENT, _exception_event(event.ts, failure)))
             status = _T_STATUS_CODE + wire.varint(_STATUS_ERROR)
-            status += wire.length_delimited(_T_STATUS_MESSAGE, message.encode())
+            status += wire.length_delimited(_T_STATUS_MESSAGE, failure.message.encode())
             parts.append(wire.length_delimited(_T_SPAN_STATUS, status))
         return b"".join(parts)
 
@@ -512,6 +528,23 @@ class Translator:
         if current:
             requests.append(b"".join(current))
         return requests
+
+
+def _exception_event(ts: int, failure: Failure) -> bytes:
+    """The semantic conventions' ``exception`` span event."""
+    attributes = [("exception.type", failure.error_type), ("exception.message", failure.message)]
+    if failure.stacktrace:
+        attributes.append(("exception.stacktrace", failure.stacktrace))
+    return b"".join(
+        [
+            wire.fixed64(_T_SPAN_EVENT_TIME, ts),
+            wire.length_delimited(_T_SPAN_EVENT_NAME, b"exception"),
+            *(
+                wire.length_delimited(_T_SPAN_EVENT_ATTRIBUTE, wire.attribute(key, value))
+                for key, value in attributes
+            ),
+        ]
+    )
 
 
 def _group(shape: _Envelope, head: bytes, scope: bytes, items: list[bytes]) -> bytes:
