@@ -48,7 +48,6 @@ Requests are split so none exceeds ``max_request_bytes``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import struct
 from typing import Any, Iterable, Optional
 
@@ -57,10 +56,11 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
-from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from collector.otlp import wire
+from collector.otlp.options import TranslateOptions
+from collector.otlp.resources import Resources
 from collector.otlp.spans import Failure, SpanShape, StartTimes, makes_log, span_shape
 from emitters.events import (
     TYPED_EVENTS,
@@ -81,13 +81,8 @@ __all__ = [
     "attribute_key_for",
     "operation_name",
     "provider_name",
-    "resource_attributes",
+    "PROVIDER_KEYS",
 ]
-
-try:
-    _VERSION = importlib.metadata.version("mlx-telemetry")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
-    _VERSION = "0.0.0"
 
 # OTLP SeverityNumber: DEBUG=5, INFO=9, WARN=13, ERROR=17, FATAL=21.
 SEVERITY_NUMBERS: dict[str, int] = {"debug": 5, "info": 9, "warn": 13, "error": 17, "critical": 21}
@@ -131,7 +126,8 @@ _MAP_FIELDS = frozenset({("model.loaded", "metadata"), ("error", "context"), ("c
 _CONTENT_FIELDS = frozenset({("generation.started", "prompt"), ("token.generated", "token")})
 
 OPERATION_KEY = "gen_ai.operation.name"
-PROVIDER_KEY = "gen_ai.provider.name"
+PROVIDER_KEY = "gen_ai.provider.name"  # GenAI conventions v1.37+; v1.36 called it gen_ai.system
+PROVIDER_KEYS = (PROVIDER_KEY, "gen_ai.system")
 _SPAN_KIND_INTERNAL = trace_pb2.Span.SpanKind.SPAN_KIND_INTERNAL
 _STATUS_ERROR = trace_pb2.Status.StatusCode.STATUS_CODE_ERROR
 _SAMPLED = 0x01
@@ -146,18 +142,6 @@ def attribute_key_for(event_type: str, field: str) -> str:
     return FIELD_KEYS.get((event_type, field)) or f"mlx.{event_type.split('.')[0]}.{field}"
 
 
-class TranslateOptions(msgspec.Struct, frozen=True, kw_only=True):
-    """What translation depends on besides the events."""
-
-    deployment_environment: Optional[str] = None
-    capture_content: bool = False
-    provider_name: str = "mlx"
-    default_operation: str = "text_completion"
-    scope_name: str = "mlx-telemetry"
-    scope_version: str = _VERSION
-    max_request_bytes: int = 3 * 1024 * 1024
-
-
 def operation_name(event: Event, options: TranslateOptions) -> str:
     """``gen_ai.operation.name``: the event's own ``attrs`` value, else the default."""
     value = event.attrs.get(OPERATION_KEY)
@@ -165,17 +149,12 @@ def operation_name(event: Event, options: TranslateOptions) -> str:
 
 
 def provider_name(event: Event, options: TranslateOptions) -> str:
-    """``gen_ai.provider.name``: the event's own ``attrs`` value, else the configured one."""
-    value = event.attrs.get(PROVIDER_KEY)
-    return value if isinstance(value, str) and value else options.provider_name
-
-
-def resource_attributes(service: str, host: str, pid: int, environment: Optional[str]) -> dict[str, Any]:
-    attributes: dict[str, Any] = {"service.name": service, "host.name": host, "process.pid": pid}
-    if environment:
-        attributes["deployment.environment.name"] = environment
-        attributes["deployment.environment"] = environment
-    return attributes
+    """The provider (``gen_ai.provider.name`` / ``gen_ai.system``): the event's ``attrs`` value, else the configured one."""
+    for key in PROVIDER_KEYS:
+        value = event.attrs.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return options.provider_name
 
 
 # -- field plans: per event class, which fields become which attributes ------
@@ -205,11 +184,12 @@ def _plan(cls: type) -> tuple[tuple[_FieldPlan, ...], tuple[_FieldPlan, ...]]:
 _PLANS: dict[type, tuple[tuple[_FieldPlan, ...], tuple[_FieldPlan, ...]]] = {
     cls: _plan(cls) for cls in TYPED_EVENTS.values()
 }
+# A scope's span says its name, times and status in span fields, not attributes.
+_PLANS[SpanEnded] = ((), ())
 _ENVELOPE_PLAN = tuple((field, wire.attribute_key(key)) for field, key in ENVELOPE_KEYS.items())
 _ERROR_TYPE_ENCODED = wire.attribute_key(_ERROR_TYPE_KEY)
 _EVENT_NAME_KEY = wire.attribute_key("event.name")
 _OPERATION_ENCODED = wire.attribute_key(OPERATION_KEY)
-_PROVIDER_ENCODED = wire.attribute_key(PROVIDER_KEY)
 
 
 def _reserved(cls: Optional[type]) -> frozenset[str]:
@@ -225,7 +205,7 @@ def _reserved(cls: Optional[type]) -> frozenset[str]:
 _RESERVED: dict[Optional[type], frozenset[str]] = {cls: _reserved(cls) for cls in TYPED_EVENTS.values()}
 _RESERVED[None] = _reserved(None)
 # On generation spans these two attrs name the operation and provider instead.
-_SPAN_CONSUMED = frozenset({OPERATION_KEY, PROVIDER_KEY})
+_SPAN_CONSUMED = frozenset({OPERATION_KEY, *PROVIDER_KEYS})
 
 
 # -- tags, derived from the generated descriptors ------------------------------
@@ -260,7 +240,6 @@ _T_SPAN_EVENT_ATTRIBUTE = wire.tag(_SPAN_EVENT, "attributes")
 _T_STATUS_MESSAGE = wire.tag(trace_pb2.Status.DESCRIPTOR, "message")
 _T_STATUS_CODE = wire.tag(trace_pb2.Status.DESCRIPTOR, "code")
 
-_T_RESOURCE_ATTRIBUTE = wire.tag(resource_pb2.Resource.DESCRIPTOR, "attributes")
 _T_SCOPE_NAME = wire.tag(common_pb2.InstrumentationScope.DESCRIPTOR, "name")
 _T_SCOPE_VERSION = wire.tag(common_pb2.InstrumentationScope.DESCRIPTOR, "version")
 _T_STRING = wire.tag(common_pb2.AnyValue.DESCRIPTOR, "string_value")
@@ -274,6 +253,8 @@ class _Envelope(msgspec.Struct, frozen=True):
     scope_group: bytes  # Resource* .scope_*
     scope: bytes  # Scope* .scope
     item: bytes  # Scope* .log_records / .spans
+    resource_schema: bytes  # Resource* .schema_url
+    scope_schema: bytes  # Scope* .schema_url
 
 
 _LOGS = _Envelope(
@@ -282,6 +263,8 @@ _LOGS = _Envelope(
     scope_group=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "scope_logs"),
     scope=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "scope"),
     item=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "log_records"),
+    resource_schema=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "schema_url"),
+    scope_schema=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "schema_url"),
 )
 _TRACES = _Envelope(
     resource_group=wire.tag(trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR, "resource_spans"),
@@ -289,6 +272,8 @@ _TRACES = _Envelope(
     scope_group=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "scope_spans"),
     scope=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "scope"),
     item=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "spans"),
+    resource_schema=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "schema_url"),
+    scope_schema=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "schema_url"),
 )
 
 _SEVERITY_FIELDS: dict[str, bytes] = {
@@ -315,12 +300,21 @@ class Translator:
     ``options.max_request_bytes`` (unless a single record is larger).
     """
 
-    def __init__(self, options: TranslateOptions | None = None) -> None:
+    def __init__(self, options: TranslateOptions | None = None, resources: Resources | None = None) -> None:
         self.options = options or TranslateOptions()
+        self._provider_key = wire.attribute_key(self.options.provider_key)
+        self._resources = resources or Resources(self.options)
+        schema = self.options.schema_url.encode()
         scope = wire.length_delimited(_T_SCOPE_NAME, self.options.scope_name.encode())
         scope += wire.length_delimited(_T_SCOPE_VERSION, self.options.scope_version.encode())
         self._scope = scope
-        self._resources: dict[_ResourceKey, bytes] = {}
+        self._schema = {
+            id(shape): (
+                wire.length_delimited(shape.resource_schema, schema),
+                wire.length_delimited(shape.scope_schema, schema),
+            )
+            for shape in (_LOGS, _TRACES)
+        }
         self._types: dict[str, _TypeFields] = {}
         self._plan_index = 1 if self.options.capture_content else 0
         # Failed generations take their start from the request's generation.started.
@@ -426,7 +420,7 @@ class Translator:
             name = f"{operation} {model or 'unknown'}"
             generation = [
                 wire.sized_attribute(_OPERATION_ENCODED, operation),
-                wire.sized_attribute(_PROVIDER_ENCODED, provider_name(event, self.options)),
+                wire.sized_attribute(self._provider_key, provider_name(event, self.options)),
             ]
             if not _SPAN_CONSUMED.isdisjoint(event.attrs):
                 items = self._attribute_items(event, consumed=_SPAN_CONSUMED)
@@ -484,19 +478,6 @@ class Translator:
                 items.append(attribute(wire.attribute_key(key), value))
         return items
 
-    def _resource(self, key: _ResourceKey) -> bytes:
-        resource = self._resources.get(key)
-        if resource is None:
-            if len(self._resources) >= _CACHE_LIMIT:
-                self._resources.clear()
-            attributes = resource_attributes(*key, self.options.deployment_environment)
-            resource = b"".join(
-                wire.length_delimited(_T_RESOURCE_ATTRIBUTE, wire.attribute(name, value))
-                for name, value in attributes.items()
-            )
-            self._resources[key] = resource
-        return resource
-
     def _requests(self, shape: _Envelope, groups: dict[_ResourceKey, list[bytes]]) -> list[bytes]:
         """Assemble items into requests of at most ``max_request_bytes`` each.
 
@@ -504,12 +485,13 @@ class Translator:
         an item larger than the limit travels alone.
         """
         limit = self.options.max_request_bytes
-        scope = wire.length_delimited(shape.scope, self._scope)
+        resource_schema, scope_schema = self._schema[id(shape)]
+        scope = wire.length_delimited(shape.scope, self._scope) + scope_schema
         requests: list[bytes] = []
         current: list[bytes] = []  # resource groups of the request being built
         size = 0
         for key, items in groups.items():
-            head = wire.length_delimited(shape.resource, self._resource(key))
+            head = wire.length_delimited(shape.resource, self._resources.encoded(key)) + resource_schema
             overhead = len(head) + len(scope) + 16  # tags and length prefixes
             run: list[bytes] = []
             run_size = 0
