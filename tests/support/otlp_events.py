@@ -111,3 +111,15 @@ class Workload:
                 if failed:
                     request["fail"](status="error", status_message=event.message, error_type="MemoryError")
         return self.events
+
+
+def publish(client: Any, events: list[Event], prefix: str = "telemetry") -> None:
+    """XADD events where an emitter puts them: errors to the error stream, the rest to events."""
+    from emitters.events import encode, is_error
+    from emitters.streams import PAYLOAD_FIELD, stream_names
+
+    names = stream_names(prefix)
+    pipe = client.pipeline(transaction=False)
+    for event in events:
+        pipe.xadd(names.errors if is_error(event) else names.events, {PAYLOAD_FIELD: encode(event)})
+    pipe.execute()
