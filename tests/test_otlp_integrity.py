@@ -41,7 +41,7 @@ def pending(client: redis.Redis) -> int:
     total = 0
     for stream in (NAMES.events, NAMES.errors):
         try:
-            total += int(client.xpending(stream, "collectors")["pending"])
+            total += int(client.xpending(stream, "telemetry-collectors")["pending"])
         except redis.ResponseError:
             pass
     return total

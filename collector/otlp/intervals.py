@@ -125,7 +125,7 @@ class MetricState(msgspec.Struct):
                 self.current.series.append(series)
             series.record(observation)
 
-    def roll(self, now_ns: int, *, final: bool = False) -> None:
+    def roll(self, now_ns: int) -> None:
         """Close the current interval (when it holds anything) and open the next one."""
         interval = self.current
         interval.end_ns = max(now_ns, interval.start_ns + 1)
@@ -142,8 +142,7 @@ class MetricState(msgspec.Struct):
             interval = decode_interval(_state_encoder.encode(snapshot))
         if interval.series:
             self.closed.append(interval)
-        if not final:
-            self.current = Interval(self.current.end_ns)
+        self.current = Interval(self.current.end_ns)
 
     @property
     def empty(self) -> bool:

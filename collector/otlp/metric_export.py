@@ -109,7 +109,7 @@ class MetricPipeline:
         with self._lock:
             for state in self._states.values():
                 if state.current.series:
-                    state.roll(self._clock(), final=True)
+                    state.roll(self._clock())
         deadline = time.monotonic() + _CLOSE_DEADLINE
         while time.monotonic() < deadline and self._export_one():
             pass
@@ -156,7 +156,7 @@ class MetricPipeline:
                     continue
                 state = decode_state(data)
                 if origin != self.instance:
-                    state.roll(self._clock(), final=True)  # its collector is gone: nothing more comes
+                    state.roll(self._clock())  # its collector is gone: nothing more comes
                     self.stats.adopted += 1
                     log.info("otlp_metrics_adopted", origin=origin, intervals=len(state.closed))
                 self._states[origin] = state
@@ -230,7 +230,7 @@ class MetricPipeline:
 
     def _save(self, origin: str) -> None:
         state = self._states.get(origin)
-        gone = state is None or (origin != self.instance and state.empty)
+        gone = state is None or state.empty
         self._store.save(origin, None if gone else encode_state(state))  # type: ignore[arg-type]
 
     def _guarded_save(self, origin: str) -> None:
