@@ -37,12 +37,21 @@ class Receiver:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def up(self) -> "Receiver":
+    def up(self, pki: Optional[Any] = None) -> "Receiver":
+        """Serve (again) on the port; with ``pki`` (tests.tls.Pki) over TLS requiring a client certificate."""
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(self), server)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self), server)
-        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if pki is None:
+            self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
+                root_certificates=pki.ca_cert.read_bytes(),
+                require_client_auth=True,
+            )
+            self.port = server.add_secure_port(f"localhost:{self.port}", credentials)
         server.start()
         self._server = server
         return self
