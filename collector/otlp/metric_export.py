@@ -111,8 +111,12 @@ class MetricPipeline:
                 if state.current.series:
                     state.roll(self._clock())
         deadline = time.monotonic() + _CLOSE_DEADLINE
-        while time.monotonic() < deadline and self._export_one():
-            pass
+        try:
+            while time.monotonic() < deadline and self._export_one():
+                pass
+        except (SinkUnavailable, SinkAuthError) as exc:
+            # Kept in Redis: this collector under the same name, or any other once its heartbeat expires, exports it.
+            log.warning("otlp_metrics_left_for_later", error=str(exc))
         with self._lock:
             for origin in list(self._states):
                 self._guarded_save(origin)

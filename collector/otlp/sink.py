@@ -113,6 +113,7 @@ class OtlpSink:
         self._progress: Optional[_Progress] = None
         self._lock = threading.Lock()
         self._closed = False
+        self._stats_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=len(_BATCH_SIGNALS), thread_name_prefix="otlp-send")
         self.metrics: Optional[MetricPipeline] = None
         if "metrics" in settings.signals:
@@ -206,7 +207,8 @@ class OtlpSink:
                 if halves is None:
                     self._refuse(progress, signal, payload, exc.reason)
                 else:
-                    self.stats.split_requests += 1
+                    with self._stats_lock:
+                        self.stats.split_requests += 1
                     pending.extendleft(reversed(halves))
                 continue
             except Rejected as exc:
@@ -225,20 +227,23 @@ class OtlpSink:
                 continue
             pending.popleft()
             progress.attempts[signal] = 0
-            self.stats.requests += 1
-            if not pending:
-                self._count_accepted(signal, progress.items[signal])
+            with self._stats_lock:
+                self.stats.requests += 1
+                if not pending:
+                    self._count_accepted(signal, progress.items[signal])
+                self.stats.partially_rejected += result.rejected
             if result.rejected or result.message:
                 # Logged even when nothing was rejected: the backend had something to say.
-                self.stats.partially_rejected += result.rejected
                 log.warning(
                     "otlp_partial_success", signal=signal, rejected=result.rejected, backend_message=result.message
                 )
 
     def _refuse(self, progress: _Progress, signal: Signal, payload: bytes, reason: str) -> None:
         progress.attempts[signal] = 0
-        progress.rejected_ids |= event_ids(signal, payload)
-        progress.reasons.append(reason)
+        ids = event_ids(signal, payload)
+        with self._stats_lock:  # the signals are sent from two threads
+            progress.rejected_ids |= ids
+            progress.reasons.append(reason)
         log.error("otlp_request_refused", signal=signal, reason=reason, action="its records go to the dead letters")
 
     def _count_accepted(self, signal: Signal, items: int) -> None:
