@@ -127,8 +127,10 @@ class MetricPipeline:
         due = time.monotonic() + self._interval
         failures = 0
         while not self._stop.wait(max(0.0, due - time.monotonic()) if not failures else self._backoff(failures)):
-            if time.monotonic() >= due:
-                due += self._interval
+            now = time.monotonic()
+            if now >= due:
+                # On the grid; after a long stall one roll, not one per missed interval.
+                due = due + self._interval if due + self._interval > now else now + self._interval
                 self._roll()
             try:
                 while self._export_one():

@@ -13,9 +13,9 @@ and refused connections
 UNAUTHENTICATED, PERMISSION_DENIED, 401, 403   :class:`~collector.sinks.SinkAuthError` (pause)
 HTTP 413, gRPC "message larger than max"       :class:`TooLarge`: split the request
 INVALID_ARGUMENT, HTTP 400 and other 4xx       :class:`Rejected`: dead-letter now
-everything else (HTTP 500, 501, 505.., gRPC    :class:`Failed`: a bounded number of tries
-INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED without  (``otlp.max_attempts``), then dead-letter
-RetryInfo, ...)
+everything else (HTTP 408, 500, 501, 505..,    :class:`Failed`: a bounded number of tries
+gRPC INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED     (``otlp.max_attempts``), then dead-letter
+without RetryInfo, ...)
 =============================================  =============================================
 
 One deliberate exception: 404/405 and gRPC UNIMPLEMENTED say the *endpoint*
@@ -304,7 +304,7 @@ class HttpTransport:
             retry_after = min(retry_after, self._max_retry_after)
         if status in _RETRYABLE_HTTP:
             raise SinkUnavailable(where, retry_after=retry_after)
-        if 400 <= status < 500:
+        if 400 <= status < 500 and status != 408:  # 408: the request timed out, not bad data
             raise Rejected(where)
         raise Failed(where, retry_after)
 
