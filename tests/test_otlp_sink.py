@@ -14,7 +14,6 @@ from collector.bench.otlp_encoding import sample_events
 from collector.config import dec_hook
 from collector.embedded import free_port
 from collector.otlp.config import OtlpConfig
-from collector.otlp.metrics import is_metric_event
 from collector.otlp.sink import OtlpSink
 from collector.otlp.spans import makes_span
 from collector.records import Record

@@ -9,7 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from collector.otlp.translate import Translator
-from emitters.events import Event
+from emitters.events import Event, GenerationCompleted
 from tests.support.otlp_checks import ERROR, IS_REMOTE, attributes, integrity_problems
 from tests.support.otlp_events import Workload
 
@@ -105,8 +105,6 @@ class TestFailures:
     def test_completed_with_error_keeps_standard_names(self) -> None:
         """A generation.completed with error severity: its error.type stays error.type, message from attrs."""
         workload = Workload()
-        from emitters.events import GenerationCompleted
-
         event = workload.add(
             GenerationCompleted, model="m", request_id="r", prompt_tokens=1, generation_tokens=0, duration_ms=2.0,
             severity="error", finish_reason="error",

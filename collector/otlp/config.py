@@ -24,7 +24,7 @@ import os
 import ssl
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Union
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import click
 import msgspec

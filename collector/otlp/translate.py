@@ -49,7 +49,7 @@ Requests are split so none exceeds ``max_request_bytes``.
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import msgspec
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -59,16 +59,32 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from collector.otlp import wire
+from collector.otlp.attributes import (
+    ENVELOPE_KEYS,
+    FIELD_KEYS,
+    OPERATION_KEY,
+    PROVIDER_KEY,
+    PROVIDER_KEYS,
+    attribute_key_for,
+    operation_name,
+    provider_name,
+)
+from collector.otlp.attributes import (  # the translator's own tables, computed once
+    ARRAY as _ARRAY,
+    ENVELOPE_PLAN as _ENVELOPE_PLAN,
+    ERROR_TYPE_ENCODED as _ERROR_TYPE_ENCODED,
+    ERROR_TYPE_KEY as _ERROR_TYPE_KEY,
+    EVENT_NAME_KEY as _EVENT_NAME_KEY,
+    OPERATION_ENCODED as _OPERATION_ENCODED,
+    PLANS as _PLANS,
+    RESERVED as _RESERVED,
+    SCALAR as _SCALAR,
+    SPAN_CONSUMED as _SPAN_CONSUMED,
+)
 from collector.otlp.options import TranslateOptions
 from collector.otlp.resources import Resources
 from collector.otlp.spans import Failure, SpanShape, StartTimes, makes_log, span_shape
-from emitters.events import (
-    TYPED_EVENTS,
-    Envelope,
-    ErrorEvent,
-    Event,
-    SpanEnded,
-)
+from emitters.events import ErrorEvent, Event, SpanEnded
 
 __all__ = [
     "TranslateOptions",
@@ -87,47 +103,6 @@ __all__ = [
 # OTLP SeverityNumber: DEBUG=5, INFO=9, WARN=13, ERROR=17, FATAL=21.
 SEVERITY_NUMBERS: dict[str, int] = {"debug": 5, "info": 9, "warn": 13, "error": 17, "critical": 21}
 
-ENVELOPE_KEYS: dict[str, str] = {
-    "id": "event.id",
-    "request_id": "request.id",
-    "job_id": "job.id",
-    "worker_id": "worker.id",
-    "machine_id": "machine.id",
-    "user_id": "user.id",
-    "parent_span_id": "span.parent_id",
-}
-
-# Typed fields not named mlx.<entity>.<field>: (event type, field) -> key. Mostly
-# semantic-convention names; two plain renames where the default would stutter.
-FIELD_KEYS: dict[tuple[str, str], str] = {
-    **{(name, "model"): "gen_ai.request.model" for name in TYPED_EVENTS},
-    ("generation.started", "prompt_tokens"): "gen_ai.usage.input_tokens",
-    ("generation.started", "max_tokens"): "gen_ai.request.max_tokens",
-    ("generation.started", "temperature"): "gen_ai.request.temperature",
-    ("generation.started", "top_p"): "gen_ai.request.top_p",
-    ("generation.started", "top_k"): "gen_ai.request.top_k",
-    ("generation.started", "seed"): "gen_ai.request.seed",
-    ("generation.completed", "prompt_tokens"): "gen_ai.usage.input_tokens",
-    ("generation.completed", "generation_tokens"): "gen_ai.usage.output_tokens",
-    ("generation.completed", "finish_reason"): "gen_ai.response.finish_reasons",
-    ("error", "message"): "exception.message",
-    ("error", "error_type"): "exception.type",
-    ("error", "stack"): "exception.stacktrace",
-    ("model.loaded", "model_path"): "mlx.model.path",
-    ("token.generated", "token"): "mlx.token.text",
-}
-# Besides exception.type, errors carry the low-cardinality error.type used by metrics.
-_ERROR_TYPE_KEY = "error.type"
-# Fields whose value is a list in the convention (a string array attribute).
-_ARRAY_FIELDS = frozenset({("generation.completed", "finish_reason")})
-# Fields holding a map of attributes, flattened to `<key>.<map key>`.
-_MAP_FIELDS = frozenset({("model.loaded", "metadata"), ("error", "context"), ("client.report", "dropped")})
-# Content, exported only with capture_content.
-_CONTENT_FIELDS = frozenset({("generation.started", "prompt"), ("token.generated", "token")})
-
-OPERATION_KEY = "gen_ai.operation.name"
-PROVIDER_KEY = "gen_ai.provider.name"  # GenAI conventions v1.37+; v1.36 called it gen_ai.system
-PROVIDER_KEYS = (PROVIDER_KEY, "gen_ai.system")
 _SPAN_KIND_INTERNAL = trace_pb2.Span.SpanKind.SPAN_KIND_INTERNAL
 _STATUS_ERROR = trace_pb2.Status.StatusCode.STATUS_CODE_ERROR
 _SAMPLED = 0x01
@@ -135,77 +110,6 @@ _SAMPLED = 0x01
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 _CACHE_LIMIT = 4096
-
-
-def attribute_key_for(event_type: str, field: str) -> str:
-    """The attribute name of a typed field (see the module docstring)."""
-    return FIELD_KEYS.get((event_type, field)) or f"mlx.{event_type.split('.')[0]}.{field}"
-
-
-def operation_name(event: Event, options: TranslateOptions) -> str:
-    """``gen_ai.operation.name``: the event's own ``attrs`` value, else the default."""
-    value = event.attrs.get(OPERATION_KEY)
-    return value if isinstance(value, str) and value else options.default_operation
-
-
-def provider_name(event: Event, options: TranslateOptions) -> str:
-    """The provider (``gen_ai.provider.name`` / ``gen_ai.system``): the event's ``attrs`` value, else the configured one."""
-    for key in PROVIDER_KEYS:
-        value = event.attrs.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return options.provider_name
-
-
-# -- field plans: per event class, which fields become which attributes ------
-
-_SCALAR, _MAP, _ARRAY = 0, 1, 2
-_FieldPlan = tuple[str, bytes, int, str]  # field name, encoded key, kind, key (maps: prefix)
-_ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__)
-
-
-def _plan(cls: type) -> tuple[tuple[_FieldPlan, ...], tuple[_FieldPlan, ...]]:
-    """(plan without content fields, plan with them) for a typed event class."""
-    event_type = cls.type  # type: ignore[attr-defined]
-    base: list[_FieldPlan] = []
-    content: list[_FieldPlan] = []
-    for field in cls.__struct_fields__:  # type: ignore[attr-defined]
-        if field in _ENVELOPE_FIELDS:
-            continue
-        key = attribute_key_for(event_type, field)
-        kind = _MAP if (event_type, field) in _MAP_FIELDS else _ARRAY if (event_type, field) in _ARRAY_FIELDS else _SCALAR
-        entry = (field, wire.attribute_key(key), kind, key)
-        content.append(entry)
-        if (event_type, field) not in _CONTENT_FIELDS:
-            base.append(entry)
-    return tuple(base), tuple(content)
-
-
-_PLANS: dict[type, tuple[tuple[_FieldPlan, ...], tuple[_FieldPlan, ...]]] = {
-    cls: _plan(cls) for cls in TYPED_EVENTS.values()
-}
-# A scope's span says its name, times and status in span fields, not attributes.
-_PLANS[SpanEnded] = ((), ())
-_ENVELOPE_PLAN = tuple((field, wire.attribute_key(key)) for field, key in ENVELOPE_KEYS.items())
-_ERROR_TYPE_ENCODED = wire.attribute_key(_ERROR_TYPE_KEY)
-_EVENT_NAME_KEY = wire.attribute_key("event.name")
-_OPERATION_ENCODED = wire.attribute_key(OPERATION_KEY)
-
-
-def _reserved(cls: Optional[type]) -> frozenset[str]:
-    """Keys an event of ``cls`` sets itself; ``attrs`` with these keys get an ``attrs.`` prefix."""
-    keys = set(ENVELOPE_KEYS.values()) | {"event.name"}
-    if cls is ErrorEvent:  # elsewhere an emitter's own error.type is the standard one and stays
-        keys.add(_ERROR_TYPE_KEY)
-    if cls is not None:
-        keys |= {entry[3] for entry in _PLANS[cls][1]}
-    return frozenset(keys)
-
-
-_RESERVED: dict[Optional[type], frozenset[str]] = {cls: _reserved(cls) for cls in TYPED_EVENTS.values()}
-_RESERVED[None] = _reserved(None)
-# On generation spans these two attrs name the operation and provider instead.
-_SPAN_CONSUMED = frozenset({OPERATION_KEY, *PROVIDER_KEYS})
 
 
 # -- tags, derived from the generated descriptors ------------------------------
