@@ -25,6 +25,7 @@ from emitters.streams import stream_names
 from tests.support.otlp_checks import ERROR, attributes, integrity_problems
 from tests.support.otlp_collector import ROOT, collector_thread, otlp_collector_config, wait_until
 from tests.support.otlp_events import Workload, publish
+from tests.otlp_backend import TOKEN, OtlpBackend, otlp_backend  # noqa: F401 (fixture)
 from tests.support.otlp_receiver import Receiver
 
 NAMES = stream_names("telemetry")
@@ -138,3 +139,29 @@ def test_http_500_forever_is_dead_lettered_and_the_pipeline_flows(
     report = json.loads(health.stdout)
     assert health.returncode != 0
     assert report["dead_letters"] == len(first.events), report
+
+
+def test_http_500_over_otlp_http_dead_letters_after_bounded_tries(
+    redis_url: str, redis_client: redis.Redis, otlp_backend: OtlpBackend
+) -> None:
+    """The same with a literal HTTP 500 over OTLP/HTTP (the project's test backend): bounded, then flowing."""
+    otlp_backend.fail("internal")
+    config = otlp_collector_config(
+        redis_url,
+        otlp_backend.http_endpoint,
+        **{"otlp.protocol": "http", "otlp.token": TOKEN, "otlp.max_attempts": 2, "otlp.signals": ["logs", "traces"]},
+    )
+    first = Workload(start_ns=time.time_ns())
+    with first.scope("POST /v1/completions"):
+        first.generation("r1")
+    with collector_thread(config):
+        publish(redis_client, first.events)
+        wait_until(lambda: redis_client.xlen(NAMES.dead) == len(first.events), what="the batch in the dead letters")
+        assert sum(1 for attempt in otlp_backend.attempts if attempt.signal == "logs") == 2
+        otlp_backend.recover()
+        second = Workload(start_ns=time.time_ns())
+        second.outside()
+        publish(redis_client, second.events)
+        wait_until(lambda: set(otlp_backend.event_ids()) == {e.id for e in second.events}, what="the next batch")
+    reasons = [fields[b"reason"] for _, fields in redis_client.xrange(NAMES.dead)]
+    assert all(b"HTTP 500" in reason and b"after 2 tries" in reason for reason in reasons), reasons
