@@ -24,7 +24,10 @@ from emitters.events import (
     ModelLoaded,
     RuntimeStatus,
     SpanEnded,
+    encode,
+    is_error,
 )
+from emitters.streams import PAYLOAD_FIELD, stream_names
 
 
 class Workload:
@@ -115,9 +118,6 @@ class Workload:
 
 def publish(client: Any, events: list[Event], prefix: str = "telemetry") -> None:
     """XADD events where an emitter puts them: errors to the error stream, the rest to events."""
-    from emitters.events import encode, is_error
-    from emitters.streams import PAYLOAD_FIELD, stream_names
-
     names = stream_names(prefix)
     pipe = client.pipeline(transaction=False)
     for event in events:
