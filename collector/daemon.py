@@ -164,9 +164,15 @@ def build_sinks(config: Config) -> list[Sink]:
     otlp = config.otlp.resolve()
     if otlp.enabled:
         # Imported only when used: the protobuf modules weigh on start-up time and memory.
+        from collector.otlp.metric_store import RedisMetricStore
         from collector.otlp.sink import OtlpSink
 
-        sinks.append(OtlpSink(otlp, collector_instance=consumer_name(config)))
+        # -- #12: metric intervals persist next to the streams, so a crash loses no point.
+        instance = consumer_name(config)
+        store = None
+        if config.redis.url is not None:
+            store = RedisMetricStore(connect(config.redis.url), config.redis.stream_prefix, instance)
+        sinks.append(OtlpSink(otlp, collector_instance=instance, store=store))
     return sinks
 
 

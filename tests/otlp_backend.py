@@ -40,7 +40,9 @@ TOKEN = "test-token-5e2b7f"
 DATASET = "test-dataset"
 
 Signal = Literal["logs", "traces", "metrics"]
-FailureKind = Literal["unavailable", "throttled", "unauthenticated", "forbidden", "invalid", "slow", "partial"]
+FailureKind = Literal[
+    "unavailable", "throttled", "unauthenticated", "forbidden", "invalid", "slow", "partial", "internal", "too_large"
+]
 
 _REQUESTS: dict[Signal, Any] = {
     "logs": logs_service_pb2.ExportLogsServiceRequest,
@@ -61,7 +63,11 @@ _STATUSES: dict[str, tuple[grpc.StatusCode, int]] = {
     "unauthenticated": (grpc.StatusCode.UNAUTHENTICATED, 401),
     "forbidden": (grpc.StatusCode.PERMISSION_DENIED, 403),
     "invalid": (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    "internal": (grpc.StatusCode.INTERNAL, 500),
+    # As grpc servers say it of a message over their limit; HTTP: 413 Payload Too Large.
+    "too_large": (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
 }
+_RECORDS = {"logs": ("resource_logs", "scope_logs", "log_records"), "traces": ("resource_spans", "scope_spans", "spans")}
 
 
 class Received(NamedTuple):
@@ -89,7 +95,7 @@ class Failure(NamedTuple):
     retry_after: Optional[float]
     delay: float  # slow: seconds before answering
     signals: frozenset[str]
-    rejected: int  # partial: items reported as rejected
+    rejected: int  # partial: items reported as rejected; too_large: most records a request may hold
 
 
 def attributes(pairs: Any) -> dict[str, Any]:
@@ -279,6 +285,10 @@ class OtlpBackend:
         failure = self._active_failure(signal)
         if failure is not None and failure.kind == "slow":
             self._stopping.wait(failure.delay)
+        elif failure is not None and failure.kind == "too_large":
+            if _record_count(signal, request) > failure.rejected:
+                self._attempt(signal, transport, failure.kind, headers)
+                raise _Failed(failure.kind, "received message larger than max", None)
         elif failure is not None and failure.kind != "partial":
             self._attempt(signal, transport, failure.kind, headers)
             raise _Failed(failure.kind, f"test backend failing: {failure.kind}", failure.retry_after)
@@ -296,6 +306,13 @@ class OtlpBackend:
         with self._changed:
             self.attempts.append(Attempt(signal, transport, status, headers))
             self._changed.notify_all()
+
+
+def _record_count(signal: Signal, request: Any) -> int:
+    if signal not in _RECORDS:
+        return sum(len(m.metrics) for rm in request.resource_metrics for m in rm.scope_metrics)
+    groups, scopes, items = _RECORDS[signal]
+    return sum(len(getattr(scope, items)) for group in getattr(request, groups) for scope in getattr(group, scopes))
 
 
 class _Failed(Exception):

@@ -52,7 +52,10 @@ class TestQuickRun:
         assert {"cores", "python", "redis", "hiredis"} <= set(report["header"])
         assert report["header"]["hiredis"] == "on"
         numbers = sorted(row["name"].split()[0] for row in report["rows"])
-        assert numbers == ["1", "2", "3", "4", "4a", "5", "6", "7"]
+        from collector.bench.otelcol_bench import otelcol_binary
+
+        with_otelcol = ["4b", "4c"] if otelcol_binary() else []  # only with the optional OTel Collector binary
+        assert numbers == sorted(["1", "2", "3", "4", "4a", "5", "6", "7", *with_otelcol])
         for row in report["rows"]:
             assert row["figure"] > 0, row
             if row["name"].startswith("4a"):

@@ -122,13 +122,14 @@ class TestValidation:
     @pytest.mark.parametrize(
         ("fields", "message"),
         [
-            ({"endpoint": "localhost:4317"}, "otlp.endpoint: expected http://host:port"),
+            ({"endpoint": "ftp://localhost:4317"}, "otlp.endpoint: expected http://host:port"),
             ({"endpoint": "https://user:pw@host:4317"}, "otlp.endpoint: must not carry credentials"),
             ({"timeout": 0}, "otlp.timeout: must be > 0"),
             ({"headers": ["Authorization Bearer x"]}, "otlp.headers: expected KEY=VALUE"),
             ({"headers": {"bad name": "v"}}, "otlp.headers: invalid header name"),
             ({"signals": ["logs", "logs"]}, "otlp.signals: each signal may be listed once"),
-            ({"max_request_bytes": 10}, "otlp.max_request_bytes: must be >= 65536"),
+            ({"max_request_bytes": 10}, "otlp.max_request_bytes: must be >= 1024"),
+            ({"max_attempts": 0}, "otlp.max_attempts: must be >= 1"),
         ],
     )
     def test_bad_values_name_the_field(self, fields: dict[str, Any], message: str) -> None:

@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from collector.otlp.metrics import COLLECTOR_INSTANCE_KEY, is_metric_event, metrics_request
-from collector.otlp.translate import TranslateOptions
+from collector.otlp.intervals import COLLECTOR_INSTANCE_KEY, MetricState, decode_state, encode_state, interval_request
+from collector.otlp.metrics import is_metric_event, observations
+from collector.otlp.options import TranslateOptions
+from collector.otlp.resources import Resources
+from collector.otlp.spans import StartTimes
 from emitters.events import (
     CustomEvent,
     ErrorEvent,
@@ -20,10 +23,37 @@ from emitters.events import (
     ModelUnloaded,
 )
 from tests.otlp_backend import attributes
-from tests.test_otlp_translate import envelope
+from tests.support.otlp_events import Workload
 
 DELTA = metrics_pb2.AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
-GEN_ATTRS = {"gen_ai.operation.name": "text_completion", "gen_ai.provider.name": "mlx", "gen_ai.request.model": "m"}
+CUMULATIVE = metrics_pb2.AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+GEN_ATTRS = {"gen_ai.operation.name": "text_completion", "gen_ai.system": "mlx", "gen_ai.request.model": "m"}
+TS = 1_700_000_000_123_456_789
+
+
+def envelope(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(
+        id="4bf92f3577b34da6a3ce929d0e0e4736", ts=TS, service="engine", host="gpu-1", pid=4242,
+        trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331",
+    )
+    fields.update(overrides)
+    return fields
+
+
+def metrics_request(
+    events: list[Event], options: TranslateOptions, *, start_ns: int, end_ns: int, collector_instance: str,
+    temporality: str = "delta",
+) -> Any:
+    """The request for one interval [start_ns, end_ns] holding ``events``; None when nothing to report."""
+    state = MetricState.new(collector_instance, temporality, start_ns)  # type: ignore[arg-type]
+    starts = StartTimes()
+    for event in events:
+        starts.note(event)
+    state.observe([item for event in events for item in observations(event, options, starts)])
+    state.roll(end_ns)
+    if not state.closed:
+        return None
+    return interval_request(state, state.closed[0], Resources(options).message, options.scope_name, options.scope_version)
 
 
 def completed(**overrides: Any) -> GenerationCompleted:
@@ -103,7 +133,9 @@ class TestHistograms:
 
     def test_token_usage_by_type(self) -> None:
         """gen_ai.client.token.usage: {token}, input and output as gen_ai.token.type points."""
-        metric = export([completed(prompt_tokens=100, generation_tokens=11)])["gen_ai.client.token.usage"]
+        metric = export([completed(prompt_tokens=100, generation_tokens=11)], client_token_usage=True)[
+            "gen_ai.client.token.usage"
+        ]
         assert metric.unit == "{token}"
         points = points_by_attributes(metric)
         input_key = tuple(sorted({**GEN_ATTRS, "gen_ai.token.type": "input"}.items()))
@@ -182,7 +214,7 @@ class TestRequest:
         resources = {attributes(group.resource.attributes)["service.name"]: group for group in request.resource_metrics}
         assert set(resources) == {"engine", "router"}
         router = attributes(resources["router"].resource.attributes)
-        assert router == {
+        assert {key: router[key] for key in ("service.name", "host.name", "process.pid", "deployment.environment.name", "deployment.environment")} == {
             "service.name": "router",
             "host.name": "gpu-1",
             "process.pid": 9,
@@ -209,3 +241,54 @@ class TestRequest:
         assert len(names) == len(set(names))
         duration = next(m for m in request.resource_metrics[0].scope_metrics[0].metrics if m.name == "gen_ai.server.request.duration")
         assert len(duration.histogram.data_points) == 2
+
+
+class TestIntervals:
+    def test_failed_generation_has_a_duration_point_with_error_type(self) -> None:
+        """A failed generation is in gen_ai.server.request.duration with error.type; successes without."""
+        workload = Workload()
+        with workload.scope("POST /v1/completions"):
+            workload.generation("ok")
+            workload.generation("bad", fail="MemoryError")
+        metric = export(workload.events)["gen_ai.server.request.duration"]
+        points = {dict(key).get("error.type"): point.count for key, point in points_by_attributes(metric).items()}
+        assert points == {None: 1, "MemoryError": 1}
+
+    def test_exemplars_point_at_the_generation_span(self) -> None:
+        """Histogram points carry exemplars with the derived span's trace and span id (decision 2)."""
+        events = [completed(id="a" * 32, duration_ms=100.0), completed(id="b" * 32, duration_ms=900.0)]
+        (point,) = export(events)["gen_ai.server.request.duration"].histogram.data_points
+        by_span = {exemplar.span_id.hex(): exemplar for exemplar in point.exemplars}
+        assert set(by_span) == {"a" * 16, "b" * 16}
+        assert by_span["b" * 16].trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"
+        assert by_span["b" * 16].as_double == 0.9
+
+    def test_cumulative_points_keep_running_totals(self) -> None:
+        """CUMULATIVE: each interval reports totals since the start, with the same start time."""
+        options = TranslateOptions()
+        state = MetricState.new("c", "cumulative", 100)
+        for end in (200, 300):
+            state.observe(list(observations(completed(), options, StartTimes())))
+            state.roll(end)
+        requests = [interval_request(state, interval, Resources(options).message, "s", "v") for interval in state.closed]
+        counts = []
+        for request in requests:
+            metric = next(m for m in request.resource_metrics[0].scope_metrics[0].metrics if m.name == "gen_ai.server.request.duration")
+            assert metric.histogram.aggregation_temporality == CUMULATIVE
+            (point,) = metric.histogram.data_points
+            counts.append((point.start_time_unix_nano, point.time_unix_nano, point.count))
+        assert counts == [(100, 200, 1), (100, 300, 2)]
+
+    def test_state_survives_serialization(self) -> None:
+        """The aggregation persisted to Redis decodes to the same state (crash recovery relies on it)."""
+        state = MetricState.new("c", "delta", 100)
+        state.observe(list(observations(completed(), TranslateOptions(), StartTimes())))
+        assert decode_state(encode_state(state)) == state
+
+    def test_client_report_counts_drops_by_reason(self) -> None:
+        """client.report -> mlx.emitter.dropped by mlx.drop.reason, under the emitting service's resource."""
+        workload = Workload(service="api")
+        workload.outside()
+        metric = export(workload.events)["mlx.emitter.dropped"]
+        drops = {dict(key)["mlx.drop.reason"]: point.as_int for key, point in points_by_attributes(metric).items()}
+        assert drops == {"buffer_full": 3, "invalid": 1}

@@ -14,9 +14,8 @@ from collector.bench.otlp_encoding import sample_events
 from collector.config import dec_hook
 from collector.embedded import free_port
 from collector.otlp.config import OtlpConfig
-from collector.otlp.metrics import is_metric_event
 from collector.otlp.sink import OtlpSink
-from collector.otlp.translate import span_duration_ms
+from collector.otlp.spans import makes_span
 from collector.records import Record
 from collector.sinks import Sink, SinkAuthError, SinkRejected, SinkUnavailable
 from emitters.events import Event, encode
@@ -72,11 +71,13 @@ class TestDelivery:
         """Each event is a log record, spans and metrics arrive, and every request carries the headers."""
         sink = make_sink(headers={"X-Tenant": "acme"})
         sink.write(batch)
+        sink.close()  # closes the metric interval and exports it
         assert sorted(otlp_backend.event_ids()) == sorted(record.event.id for record in batch)
-        span_events = [record.event for record in batch if span_duration_ms(record.event) is not None]
-        assert sorted(span.span_id.hex() for _, span in otlp_backend.spans()) == sorted(e.span_id for e in span_events)
+        span_events = [record.event for record in batch if makes_span(record.event)]
+        assert sorted(span.span_id.hex() for _, span in otlp_backend.spans()) == sorted(e.id[:16] for e in span_events)
         names = {metric.name for _, _, metric in otlp_backend.metrics()}
-        assert {"gen_ai.server.request.duration", "gen_ai.client.token.usage", "mlx.tokens.generated"} <= names
+        assert {"gen_ai.server.request.duration", "mlx.tokens.generated"} <= names
+        assert "gen_ai.client.token.usage" not in names  # server-side counts are no client metric by default
         assert {item.signal for item in otlp_backend.received} == {"logs", "traces", "metrics"}
         for item in otlp_backend.received:
             assert item.transport == protocol
@@ -226,47 +227,50 @@ class TestTransientFailures:
         assert time.monotonic() - started < 5.0
 
     def test_retry_sends_only_what_failed(self, make_sink: Any, otlp_backend: OtlpBackend, batch: list[Record]) -> None:
-        """Logs and spans accepted before metrics failed are not sent again when the batch is retried."""
+        """Logs accepted before traces failed are not sent again when the batch is retried."""
         sink = make_sink()
-        otlp_backend.fail("unavailable", signals=("metrics",))
+        otlp_backend.fail("unavailable", signals=("traces",))
         with pytest.raises(SinkUnavailable):
             sink.write(batch)
-        assert otlp_backend.requests("metrics") == []
+        assert otlp_backend.requests("traces") == []
         otlp_backend.recover()
         sink.write(batch)
         assert len(otlp_backend.requests("logs")) == 1
         assert len(otlp_backend.requests("traces")) == 1
-        assert len(otlp_backend.requests("metrics")) == 1
         assert sorted(otlp_backend.event_ids()) == sorted(record.event.id for record in batch)
         assert sink.stats.log_records == len(batch)
 
-    def test_metric_intervals_do_not_overlap(self, make_sink: Any, otlp_backend: OtlpBackend) -> None:
-        """Successive batches' delta points cover consecutive intervals [previous end, now]."""
-        sink = make_sink()
-        for seed in (1, 2, 3):
+    def test_one_point_per_series_per_interval(self, make_sink: Any, otlp_backend: OtlpBackend) -> None:
+        """Batches within one interval make one point per series; intervals follow each other without overlap."""
+        sink = make_sink(metric_export_interval="400ms")
+        for seed in (1, 2, 3, 4):
             sink.write(as_records(sample_events(50, seed=seed)))
-        intervals = sorted(
-            {
-                (point.start_time_unix_nano, point.time_unix_nano)
-                for _, _, metric in otlp_backend.metrics()
-                if metric.name == "gen_ai.server.request.duration"
-                for point in metric.histogram.data_points
-            }
-        )
-        assert len(intervals) == 3
-        for (_, end), (start, _) in zip(intervals, intervals[1:]):
-            assert start == end
+            otlp_backend.wait_for(lambda: False, timeout=0.25)
+        sink.close()
+        points: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+        for resource, scope, metric in otlp_backend.metrics():
+            data = metric.histogram if metric.HasField("histogram") else metric.sum
+            for point in data.data_points:
+                series = (resource["service.instance.id"], metric.name, tuple(sorted(attributes(point.attributes).items())))
+                points.setdefault(series, []).append((point.start_time_unix_nano, point.time_unix_nano))
+        assert points
+        for series, spans in points.items():
+            assert len(spans) == len(set(spans)), f"{series}: two points for one interval"
+            ordered = sorted(spans)
+            assert all(end <= start for (_, end), (start, _) in zip(ordered, ordered[1:])), f"{series}: overlap"
+        assert len(otlp_backend.requests("metrics")) >= 2  # several intervals, not one per batch (4)
+        assert len(otlp_backend.requests("metrics")) <= 4
 
 
 class TestPermanentFailures:
     def test_invalid_rejects_the_whole_batch(self, make_sink: Any, otlp_backend: OtlpBackend, batch: list[Record]) -> None:
-        """INVALID_ARGUMENT / 400 on logs -> SinkRejected with every record; nothing else is sent."""
+        """INVALID_ARGUMENT / 400 on logs and traces -> SinkRejected with every record, tried once."""
         otlp_backend.fail("invalid")
         with pytest.raises(SinkRejected) as caught:
             make_sink().write(batch)
         assert caught.value.records == batch
         assert "INVALID_ARGUMENT" in caught.value.reason or "HTTP 400" in caught.value.reason
-        assert [attempt.signal for attempt in otlp_backend.attempts] == ["logs"]
+        assert sorted(attempt.signal for attempt in otlp_backend.attempts) == ["logs", "traces"]
 
     def test_rejected_traces_reject_only_span_records(
         self, make_sink: Any, otlp_backend: OtlpBackend, batch: list[Record]
@@ -275,18 +279,70 @@ class TestPermanentFailures:
         otlp_backend.fail("invalid", signals=("traces",))
         with pytest.raises(SinkRejected) as caught:
             make_sink().write(batch)
-        assert caught.value.records == [record for record in batch if span_duration_ms(record.event) is not None]
+        assert caught.value.records == [record for record in batch if makes_span(record.event)]
         assert len(otlp_backend.event_ids()) == len(batch)
-        assert otlp_backend.requests("metrics")
 
-    def test_rejected_metrics_reject_only_metric_records(
+    def test_rejected_metrics_are_counted_not_retried(
         self, make_sink: Any, otlp_backend: OtlpBackend, batch: list[Record]
     ) -> None:
-        """A 400 on metrics dead-letters the records behind the points."""
+        """A 400 on an interval's metrics: its points are dropped, counted and logged; batches flow on."""
         otlp_backend.fail("invalid", signals=("metrics",))
+        sink = make_sink()
+        sink.write(batch)
+        with structlog.testing.capture_logs() as logs:
+            sink.close()
+        assert sink.metrics is not None and sink.metrics.stats.points_dropped > 0
+        assert any(entry["event"] == "otlp_metrics_dropped" for entry in logs)
+
+    def test_http_500_forever_is_dead_lettered_after_bounded_tries(
+        self, make_sink: Any, otlp_backend: OtlpBackend, batch: list[Record]
+    ) -> None:
+        """INTERNAL / 500 is not retryable per the spec: max_attempts tries, then SinkRejected with the status."""
+        otlp_backend.fail("internal", signals=("logs",))
+        sink = make_sink(max_attempts=3)
+        for attempt in (1, 2):
+            with pytest.raises(SinkUnavailable, match=f"try {attempt} of 3"):
+                sink.write(batch)
         with pytest.raises(SinkRejected) as caught:
-            make_sink().write(batch)
-        assert caught.value.records == [record for record in batch if is_metric_event(record.event)]
+            sink.write(batch)
+        assert caught.value.records == batch
+        assert "INTERNAL" in caught.value.reason or "HTTP 500" in caught.value.reason
+        assert "after 3 tries" in caught.value.reason
+        assert sum(1 for attempt in otlp_backend.attempts if attempt.signal == "logs") == 3
+        with pytest.raises(SinkUnavailable, match="try 1 of 3"):  # the next batch is tried afresh
+            sink.write(as_records(sample_events(5, seed=9)))
+        assert sum(1 for attempt in otlp_backend.attempts if attempt.signal == "logs") == 4
+
+    def test_exhausted_without_retry_info_is_bounded(
+        self, make_sink: Any, otlp_backend: OtlpBackend, batch: list[Record], protocol: str
+    ) -> None:
+        """gRPC RESOURCE_EXHAUSTED without RetryInfo is not retried forever (with it, it is: test_throttled)."""
+        if protocol != "grpc":
+            pytest.skip("a gRPC status")
+        otlp_backend.fail("throttled", signals=("logs",))
+        sink = make_sink(max_attempts=2)
+        with pytest.raises(SinkUnavailable):
+            sink.write(batch)
+        with pytest.raises(SinkRejected, match="RESOURCE_EXHAUSTED"):
+            sink.write(batch)
+
+    def test_too_large_splits_down_to_single_records(self, make_sink: Any, otlp_backend: OtlpBackend) -> None:
+        """413 halves the request until it fits; every record arrives once, nothing is dead-lettered."""
+        records = as_records(sample_events(40, seed=5))
+        otlp_backend.fail("too_large", rejected=6, signals=("logs",))
+        sink = make_sink()
+        sink.write(records)
+        assert sorted(otlp_backend.event_ids()) == sorted(record.event.id for record in records)
+        assert sink.stats.split_requests >= 4
+        assert all(len(item.request.resource_logs[0].scope_logs[0].log_records) <= 6 for item in otlp_backend.requests("logs"))
+
+    def test_record_too_large_alone_is_the_only_one_dead_lettered(self, make_sink: Any, otlp_backend: OtlpBackend) -> None:
+        """When even single records are refused as too large, each goes to the dead letters; a batch of one."""
+        records = as_records(sample_events(3, seed=6))
+        otlp_backend.fail("too_large", rejected=0, signals=("logs",))
+        with pytest.raises(SinkRejected) as caught:
+            make_sink().write(records)
+        assert caught.value.records == records
 
 
 class TestAuth:
@@ -309,7 +365,7 @@ class TestAuth:
         assert secret not in str(caught.value)
         assert logs, "the sink logs its settings on start"
         assert secret not in repr(logs)
-        assert [attempt.status for attempt in otlp_backend.attempts] == ["bad_token"]
+        assert {attempt.status for attempt in otlp_backend.attempts} == {"bad_token"}
 
     def test_backend_echo_is_scrubbed(self, otlp_backend: OtlpBackend, batch: list[Record], protocol: str) -> None:
         """Even if the backend echoes our credentials in its error, the message shows ***."""
@@ -338,3 +394,57 @@ class TestPartialSuccess:
         assert warnings[0]["rejected"] == 3
         assert warnings[0]["signal"] == "logs"
         assert sink.stats.partially_rejected == 3
+
+    def test_partial_success_message_is_logged_even_with_nothing_rejected(
+        self, make_sink: Any, otlp_backend: OtlpBackend, batch: list[Record]
+    ) -> None:
+        """The spec: a partial_success with rejected = 0 but a message is a warning worth logging."""
+        otlp_backend.fail("partial", rejected=0, signals=("logs",))
+        with structlog.testing.capture_logs() as logs:
+            make_sink().write(batch)
+        (warning,) = [entry for entry in logs if entry["event"] == "otlp_partial_success"]
+        assert warning["rejected"] == 0 and warning["backend_message"]
+
+
+class TestProtocolDetails:
+    def test_user_agent_names_the_version(self, make_sink: Any, otlp_backend: OtlpBackend, batch: list[Record]) -> None:
+        """Every request says who sent it, with the version."""
+        from collector.otlp.options import VERSION
+
+        make_sink().write(batch)
+        for item in otlp_backend.received:
+            assert f"mlx-telemetry-collector/{VERSION}" in item.headers["user-agent"]
+
+    def test_response_body_is_capped(self, batch: list[Record]) -> None:
+        """A backend answering with an endless body: at most MAX_RESPONSE_BYTES are read, the error is short."""
+        import http.server
+        import threading
+
+        from collector.otlp.transport import MAX_RESPONSE_BYTES
+
+        class Flood(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(400)
+                self.send_header("Content-Length", str(50 * MAX_RESPONSE_BYTES))
+                self.end_headers()
+                try:
+                    self.wfile.write(b"x" * (50 * MAX_RESPONSE_BYTES))
+                except OSError:
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flood)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            sink = OtlpSink(
+                OtlpConfig(endpoint=f"http://127.0.0.1:{server.server_port}", protocol="http", signals=["logs"]).resolve({})
+            )
+            with pytest.raises(SinkRejected) as caught:
+                sink.write(batch)
+            sink.close()
+        finally:
+            server.shutdown()
+        assert len(caught.value.reason) < 1000

@@ -285,8 +285,9 @@ class TestResources:
             CustomEvent(**envelope(type="a.b", id="3" * 32)),
         ]
         request = parse_logs(Translator(TranslateOptions(deployment_environment="staging")).logs(events, OBSERVED))
+        identity = ("service.name", "host.name", "process.pid", "deployment.environment.name", "deployment.environment")
         groups = {
-            tuple(sorted(attributes(group.resource.attributes).items())): [
+            tuple(sorted((k, v) for k, v in attributes(group.resource.attributes).items() if k in identity)): [
                 attributes(record.attributes)["event.id"]
                 for scope in group.scope_logs
                 for record in scope.log_records
@@ -320,7 +321,22 @@ class TestResources:
             "service.name",
             "host.name",
             "process.pid",
+            "service.instance.id",
+            "telemetry.sdk.name",
+            "telemetry.sdk.language",
+            "telemetry.sdk.version",
         }
+
+    def test_resource_identity_and_schema(self) -> None:
+        """service.instance.id is stable per process, telemetry.sdk.* names us, schema_url the conventions."""
+        first = parse_logs(Translator().logs([completed()], OBSERVED)).resource_logs[0]
+        again = parse_logs(Translator().logs([completed(id="9" * 32)], OBSERVED)).resource_logs[0]
+        ours = attributes(first.resource.attributes)
+        assert ours["service.instance.id"] == attributes(again.resource.attributes)["service.instance.id"]
+        assert ours["telemetry.sdk.name"] == "mlx-telemetry" and ours["telemetry.sdk.language"] == "python"
+        assert first.schema_url == first.scope_logs[0].schema_url == "https://opentelemetry.io/schemas/1.36.0"
+        latest = parse_logs(Translator(TranslateOptions(latest_genai=True)).logs([completed()], OBSERVED))
+        assert latest.resource_logs[0].schema_url == "https://opentelemetry.io/schemas/1.37.0"
 
     def test_requests_split_at_max_request_bytes(self) -> None:
         """Large batches become several requests, each under the limit, every record exactly once."""
@@ -344,18 +360,19 @@ class TestResources:
 
 class TestSpans:
     def test_generation_span(self) -> None:
-        """A generation.completed span: name, kind, start = end - duration, ids and GenAI attributes."""
-        span, attrs = only_span(completed(parent_span_id=PARENT))
+        """A generation.completed span: name, kind, start = end - duration, ids (decision 2), GenAI attributes."""
+        event = completed(parent_span_id=PARENT)
+        span, attrs = only_span(event)
         assert span.name == "text_completion llama-3.2-1b"
         assert span.kind == trace_pb2.Span.SpanKind.SPAN_KIND_INTERNAL
         assert span.end_time_unix_nano == TS
         assert span.start_time_unix_nano == TS - 1_500_500_000
         assert span.trace_id == bytes.fromhex(TRACE)
-        assert span.span_id == bytes.fromhex(SPAN)
-        assert span.parent_span_id == bytes.fromhex(PARENT)
+        assert span.span_id == bytes.fromhex(event.id[:16])
+        assert span.parent_span_id == bytes.fromhex(SPAN)  # the enclosing scope
         assert span.status.code == trace_pb2.Status.StatusCode.STATUS_CODE_UNSET
         assert attrs["gen_ai.operation.name"] == "text_completion"
-        assert attrs["gen_ai.provider.name"] == "mlx"
+        assert attrs["gen_ai.system"] == "mlx"  # GenAI conventions v1.36 unless opted in to the latest
         assert attrs["gen_ai.request.model"] == "llama-3.2-1b"
         assert attrs["gen_ai.usage.input_tokens"] == 12
         assert attrs["gen_ai.usage.output_tokens"] == 34
@@ -367,7 +384,9 @@ class TestSpans:
 
     def test_operation_from_attrs(self) -> None:
         """An emitter can name the operation (chat) and provider; they are not repeated as attrs."""
-        span, attrs = only_span(completed(attrs={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "acme"}))
+        span, attrs = only_span(
+            completed(attrs={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "acme"}), latest_genai=True
+        )
         assert span.name == "chat llama-3.2-1b"
         assert attrs["gen_ai.operation.name"] == "chat"
         assert attrs["gen_ai.provider.name"] == "acme"
@@ -388,11 +407,14 @@ class TestSpans:
         assert attrs["duration_ms"] == 40
 
     def test_error_severity_sets_status(self) -> None:
-        """A failed operation with a duration carries STATUS_CODE_ERROR and its type as message."""
-        event = CustomEvent(**envelope(type="job.failed", severity="error", attrs={"duration_ms": 3.5}))
-        span, _ = only_span(event)
+        """A failed operation with a duration carries STATUS_CODE_ERROR, its message and error.type."""
+        event = CustomEvent(
+            **envelope(type="job.failed", severity="error", attrs={"duration_ms": 3.5, "error.type": "Timeout"})
+        )
+        span, attrs = only_span(event)
         assert span.status.code == trace_pb2.Status.StatusCode.STATUS_CODE_ERROR
-        assert span.status.message == "job.failed"
+        assert span.status.message == "job.failed failed"
+        assert attrs["error.type"] == "Timeout"
 
     def test_events_without_duration_make_no_span(self) -> None:
         """No duration, no span: the batch yields no trace request at all."""

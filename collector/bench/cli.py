@@ -92,6 +92,10 @@ def _run_parts(redis_url: str, parts: set[str], quick: bool, progress: Callable[
                 redis_url, emitter_bench.sample_completed_payload(), events=2_000 if quick else 50_000, repeats=1 if quick else 2
             )
         )
+        # #12: next to the OpenTelemetry Collector, when its binary is installed (an optional peer).
+        from collector.bench.otelcol_bench import bench_against_otelcol
+
+        rows += bench_against_otelcol(redis_url, events=2_000 if quick else 20_000)
     if "latency" in parts:
         progress("row 5: end-to-end latency ...")
         rows.append(collector_bench.bench_end_to_end_latency(redis_url, rate=5_000, seconds=1 if quick else 10))

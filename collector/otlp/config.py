@@ -1,11 +1,16 @@
 """The ``[otlp]`` config section and its command-line options.
 
 Precedence, highest first: ``--otlp-*`` flags, ``TELEMETRY_OTLP_*`` variables,
-the TOML file, then the standard OpenTelemetry variables
-(``OTEL_EXPORTER_OTLP_ENDPOINT``, ``_HEADERS``, ``_PROTOCOL``,
-``_COMPRESSION``, ``_TIMEOUT`` in milliseconds, ``_CERTIFICATE``), then the
-defaults. Fields left unset (``None``) in :class:`OtlpConfig` are filled from
-the ``OTEL_*`` variables by :meth:`OtlpConfig.resolve`, which the sink calls.
+the TOML file, then the standard OpenTelemetry variables, per signal first
+(``OTEL_EXPORTER_OTLP_{LOGS,TRACES,METRICS}_*``, then
+``OTEL_EXPORTER_OTLP_ENDPOINT``, ``_HEADERS``, ``_PROTOCOL``,
+``_COMPRESSION``, ``_TIMEOUT`` in milliseconds, ``_CERTIFICATE``,
+``_CLIENT_KEY``, ``_CLIENT_CERTIFICATE``, ``_INSECURE``; see
+:mod:`collector.otlp.signals`), ``OTEL_RESOURCE_ATTRIBUTES``,
+``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``,
+``OTEL_SEMCONV_STABILITY_OPT_IN``, then the defaults. Fields left unset
+(``None``) in :class:`OtlpConfig` are filled from the ``OTEL_*`` variables by
+:meth:`OtlpConfig.resolve`, which the sink calls.
 
 The bearer token is a secret: give it as ``TELEMETRY_OTLP_TOKEN`` or in a file
 named by ``TELEMETRY_OTLP_TOKEN_FILE`` (or ``token_file``); ``--otlp-token``
@@ -19,12 +24,21 @@ import os
 import ssl
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Union
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import click
 import msgspec
 
 from collector.durations import Duration, DurationParam, format_duration
+from collector.otlp.signals import (
+    DEFAULT_TIMEOUT,
+    SignalSettings,
+    check_endpoint,
+    env_value,
+    parse_bool,
+    parse_resource_attributes,
+    signal_endpoint,
+)
 from collector.redisconn import secret_from_env
 
 __all__ = [
@@ -42,7 +56,7 @@ Protocol = Literal["grpc", "http"]
 Signal = Literal["logs", "traces", "metrics"]
 SIGNALS: tuple[Signal, ...] = ("logs", "traces", "metrics")
 DEFAULT_ENDPOINTS: dict[str, str] = {"grpc": "http://localhost:4317", "http": "http://localhost:4318"}
-DEFAULT_TIMEOUT = Duration(10)
+DEFAULT_METRIC_INTERVAL = Duration(60)
 TOKEN_ENV = "TELEMETRY_OTLP_TOKEN"
 DATASET_HEADER = "dash0-dataset"
 _PROTOCOL_NAMES = {"grpc": "grpc", "http": "http", "http/protobuf": "http"}
@@ -98,6 +112,19 @@ class OtlpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     compression: Optional[Literal["gzip", "none"]] = None  # None: OTEL_..._COMPRESSION, else gzip
     timeout: Optional[Duration] = None  # per export request; None: OTEL_..._TIMEOUT, else 10s
     certificate_file: Optional[str] = None  # CA bundle for TLS; None: OTEL_..._CERTIFICATE
+    client_key_file: Optional[str] = None  # mTLS; None: OTEL_..._CLIENT_KEY
+    client_certificate_file: Optional[str] = None  # mTLS; None: OTEL_..._CLIENT_CERTIFICATE
+    insecure: Optional[bool] = None  # gRPC host:port without TLS; None: OTEL_..._INSECURE, else false
+    # Added to (and overriding) OTEL_RESOURCE_ATTRIBUTES; the event's service/host/pid win.
+    resource_attributes: Dict[str, str] = {}
+    # Metric points are aggregated over this interval; None: OTEL_METRIC_EXPORT_INTERVAL (ms), else 60s.
+    metric_export_interval: Optional[Duration] = None
+    # None: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE, else delta (see collector.otlp.metrics).
+    temporality: Optional[Literal["delta", "cumulative"]] = None
+    # Tries of a request failing with a status the spec does not call retryable, then dead letters.
+    max_attempts: int = 5
+    # Export the engine's token counts as gen_ai.client.token.usage (a client metric) too.
+    client_token_usage: bool = False
     deployment_environment: Optional[str] = None  # resource attribute deployment.environment[.name]
     capture_content: bool = False  # export prompt and token text
     signals: List[Signal] = msgspec.field(default_factory=lambda: list(SIGNALS))
@@ -109,11 +136,15 @@ class OtlpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         self.headers = parse_headers(self.headers)
         if self.endpoint is not None:
-            _check_endpoint(self.endpoint, "otlp.endpoint")
+            check_endpoint(self.endpoint, "otlp.endpoint")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"otlp.timeout: must be > 0, got {format_duration(self.timeout)}")
-        if self.max_request_bytes < 64 * 1024:
-            raise ValueError(f"otlp.max_request_bytes: must be >= 65536, got {self.max_request_bytes}")
+        if self.max_request_bytes < 1024:
+            raise ValueError(f"otlp.max_request_bytes: must be >= 1024, got {self.max_request_bytes}")
+        if self.max_attempts < 1:
+            raise ValueError(f"otlp.max_attempts: must be >= 1, got {self.max_attempts}")
+        if self.metric_export_interval is not None and self.metric_export_interval <= 0:
+            raise ValueError("otlp.metric_export_interval: must be > 0")
         if len(set(self.signals)) != len(self.signals):
             raise ValueError("otlp.signals: each signal may be listed once")
         if self.dataset is not None and not self.dataset.strip():
@@ -138,43 +169,114 @@ class OtlpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 " (http/json is not supported)"
             )
         protocol: Protocol = _PROTOCOL_NAMES[protocol_name]  # type: ignore[assignment]
-        endpoint = self.endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        enabled = self.enabled if self.enabled is not None else bool(endpoint)
-        if endpoint is None:
-            endpoint = DEFAULT_ENDPOINTS[protocol]
-        else:
-            _check_endpoint(endpoint, "otlp.endpoint" if self.endpoint else "OTEL_EXPORTER_OTLP_ENDPOINT")
-
-        headers = parse_headers(env.get("OTEL_EXPORTER_OTLP_HEADERS", ""), field="OTEL_EXPORTER_OTLP_HEADERS")
-        headers.update(self.headers)  # type: ignore[arg-type]
+        endpoints = {signal: self.endpoint or env_value(env, signal, "ENDPOINT")[0] for signal in SIGNALS}
+        enabled = self.enabled if self.enabled is not None else any(endpoints.values())
         token = self.token or _token_from_env(env) or _read_token_file(self.token_file)
-        if token:
-            headers["authorization"] = f"Bearer {token}"
-        if self.dataset:
-            headers[DATASET_HEADER] = self.dataset
-
-        compression = self.compression or env.get("OTEL_EXPORTER_OTLP_COMPRESSION") or "gzip"
-        if compression not in ("gzip", "none"):
-            raise ValueError(f"OTEL_EXPORTER_OTLP_COMPRESSION: must be gzip or none, got {compression!r}")
-        timeout = self.timeout if self.timeout is not None else _env_timeout(env)
-        certificate_file = self.certificate_file or env.get("OTEL_EXPORTER_OTLP_CERTIFICATE") or None
-        if certificate_file is not None:
-            field = "otlp.certificate_file" if self.certificate_file else "OTEL_EXPORTER_OTLP_CERTIFICATE"
-            _check_ca_bundle(certificate_file, field)
+        per_signal = {signal: self._signal(env, signal, protocol, token) for signal in SIGNALS}
+        logs = per_signal["logs"]
+        resource = parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+        resource.update(self.resource_attributes)
         return OtlpSettings(
             enabled=enabled,
-            endpoint=endpoint.rstrip("/"),
+            endpoint=(self.endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINTS[protocol]).rstrip("/"),
             protocol=protocol,
-            headers=headers,
-            compression=compression,  # type: ignore[arg-type]
-            timeout=timeout,
-            certificate_file=certificate_file,
+            headers=logs.headers,
+            compression=logs.compression,
+            timeout=logs.timeout,
+            certificate_file=logs.certificate_file,
             deployment_environment=self.deployment_environment,
             capture_content=self.capture_content,
             signals=tuple(signal for signal in SIGNALS if signal in self.signals),
             max_retry_after=self.max_retry_after,
             max_request_bytes=self.max_request_bytes,
+            per_signal=per_signal,
+            resource_attributes=resource,
+            metric_export_interval=self._metric_interval(env),
+            temporality=self.temporality or _temporality(env),
+            max_attempts=self.max_attempts,
+            client_token_usage=self.client_token_usage,
+            latest_genai="gen_ai_latest_experimental"
+            in [item.strip() for item in env.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")],
         )
+
+    def _signal(self, env: Mapping[str, str], signal: Signal, protocol: Protocol, token: Optional[str]) -> SignalSettings:
+        raw, name = env_value(env, signal, "ENDPOINT")
+        per_signal = self.endpoint is None and raw is not None and name.endswith(f"_{signal.upper()}_ENDPOINT")
+        endpoint = self.endpoint or raw or DEFAULT_ENDPOINTS[protocol]
+        field = "otlp.endpoint" if self.endpoint else name
+        if self.insecure is not None:
+            insecure = self.insecure
+        else:
+            value, variable = env_value(env, signal, "INSECURE")
+            insecure = parse_bool(value, variable) if value is not None else False
+        url, target, tls = signal_endpoint(protocol, signal, endpoint, per_signal, insecure, field)
+
+        headers = parse_headers(env.get("OTEL_EXPORTER_OTLP_HEADERS", ""), field="OTEL_EXPORTER_OTLP_HEADERS")
+        specific = f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS"
+        headers.update(parse_headers(env.get(specific, ""), field=specific))
+        headers.update(self.headers)  # type: ignore[arg-type]
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        if self.dataset:
+            headers[DATASET_HEADER] = self.dataset
+
+        value, variable = env_value(env, signal, "COMPRESSION")
+        compression = self.compression or value or "gzip"
+        if compression not in ("gzip", "none"):
+            raise ValueError(f"{variable}: must be gzip or none, got {compression!r}")
+        timeout = self.timeout if self.timeout is not None else _env_timeout(*env_value(env, signal, "TIMEOUT"))
+        files: dict[str, Optional[str]] = {}
+        for field_name, setting in (
+            ("certificate_file", "CERTIFICATE"),
+            ("client_key_file", "CLIENT_KEY"),
+            ("client_certificate_file", "CLIENT_CERTIFICATE"),
+        ):
+            value, variable = env_value(env, signal, setting)
+            path = getattr(self, field_name) or value
+            if path is not None:
+                _check_readable(path, f"otlp.{field_name}" if getattr(self, field_name) else variable)
+            files[field_name] = path
+        if files["certificate_file"] is not None:
+            field = "otlp.certificate_file" if self.certificate_file else env_value(env, signal, "CERTIFICATE")[1]
+            _check_ca_bundle(files["certificate_file"], field)
+        if (files["client_key_file"] is None) != (files["client_certificate_file"] is None):
+            raise ValueError(
+                f"otlp.client_key_file / OTEL_EXPORTER_OTLP_{signal.upper()}_CLIENT_KEY: mTLS needs both the client"
+                " key and the client certificate; set both or neither"
+            )
+        return SignalSettings(
+            endpoint=url,
+            target=target,
+            tls=tls,
+            headers=headers,
+            compression=compression,  # type: ignore[arg-type]
+            timeout=timeout,
+            **files,
+        )
+
+    def _metric_interval(self, env: Mapping[str, str]) -> Duration:
+        if self.metric_export_interval is not None:
+            return self.metric_export_interval
+        raw = env.get("OTEL_METRIC_EXPORT_INTERVAL")
+        if not raw:
+            return DEFAULT_METRIC_INTERVAL
+        try:
+            milliseconds = float(raw)
+        except ValueError:
+            raise ValueError(f"OTEL_METRIC_EXPORT_INTERVAL: expected milliseconds, got {raw!r}") from None
+        if milliseconds <= 0:
+            raise ValueError(f"OTEL_METRIC_EXPORT_INTERVAL: must be > 0, got {raw!r}")
+        return Duration(milliseconds / 1000.0)
+
+
+def _temporality(env: Mapping[str, str]) -> Literal["delta", "cumulative"]:
+    name = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "delta", "lowmemory"):  # lowmemory: counters and histograms are delta
+        return "delta"
+    if raw == "cumulative":
+        return "cumulative"
+    raise ValueError(f"{name}: must be delta, cumulative or lowmemory, got {raw!r}")
 
 
 class OtlpSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -192,6 +294,13 @@ class OtlpSettings(msgspec.Struct, frozen=True, kw_only=True):
     signals: tuple[Signal, ...]
     max_retry_after: Duration
     max_request_bytes: int
+    per_signal: Dict[str, SignalSettings]
+    resource_attributes: Dict[str, str] = {}
+    metric_export_interval: Duration = DEFAULT_METRIC_INTERVAL
+    temporality: Literal["delta", "cumulative"] = "delta"
+    max_attempts: int = 5
+    client_token_usage: bool = False
+    latest_genai: bool = False
 
     @property
     def tls(self) -> bool:
@@ -206,33 +315,33 @@ class OtlpSettings(msgspec.Struct, frozen=True, kw_only=True):
             "compression": self.compression,
             "timeout": format_duration(self.timeout),
             "signals": list(self.signals),
+            "endpoints": {signal: target.endpoint for signal, target in self.per_signal.items()},
+            "metric_export_interval": format_duration(self.metric_export_interval),
+            "temporality": self.temporality,
         }
 
     def __repr__(self) -> str:
         return f"OtlpSettings({self.describe()!r})"
 
 
-def _check_endpoint(endpoint: str, field: str) -> None:
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{field}: expected http://host:port or https://host:port (https for TLS), got {endpoint!r}")
-    if parts.username or parts.password:
-        raise ValueError(f"{field}: must not carry credentials; use the token or headers")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{field}: must not have a query or fragment, got {endpoint!r}")
-
-
-def _env_timeout(env: Mapping[str, str]) -> Duration:
-    raw = env.get("OTEL_EXPORTER_OTLP_TIMEOUT")
+def _env_timeout(raw: Optional[str], name: str) -> Duration:
     if not raw:
         return DEFAULT_TIMEOUT
     try:
         milliseconds = float(raw)
     except ValueError:
-        raise ValueError(f"OTEL_EXPORTER_OTLP_TIMEOUT: expected milliseconds, got {raw!r}") from None
+        raise ValueError(f"{name}: expected milliseconds, got {raw!r}") from None
     if milliseconds <= 0:
-        raise ValueError(f"OTEL_EXPORTER_OTLP_TIMEOUT: must be > 0, got {raw!r}")
+        raise ValueError(f"{name}: must be > 0, got {raw!r}")
     return Duration(milliseconds / 1000.0)
+
+
+def _check_readable(path: str, field: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _check_ca_bundle(path: str, field: str) -> None:

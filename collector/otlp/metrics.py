@@ -1,21 +1,24 @@
-"""GenAI serving metrics aggregated from a batch of events. Pure: no I/O.
+"""GenAI serving metrics: which values each event contributes. Pure: no I/O.
 
 Histograms follow the OpenTelemetry GenAI semantic conventions, with their
 units and recommended explicit bucket boundaries; attributes
-``gen_ai.operation.name``, ``gen_ai.provider.name`` and ``gen_ai.request.model``:
+``gen_ai.operation.name``, the provider (``gen_ai.system``, or
+``gen_ai.provider.name`` with the latest conventions) and ``gen_ai.request.model``:
 
 =====================================  ========  ====================================================
-``gen_ai.server.request.duration``     s         ``duration_ms`` of each ``generation.completed``
-``gen_ai.server.time_to_first_token``  s         its ``ttft_ms``
+``gen_ai.server.request.duration``     s         every generation, completed or failed; a failed one
+                                                 carries ``error.type`` (semconv)
+``gen_ai.server.time_to_first_token``  s         ``ttft_ms`` of a completed generation
 ``gen_ai.server.time_per_output_token`` s        ``(duration - ttft) / (generation_tokens - 1)``
-``gen_ai.client.token.usage``          {token}   ``prompt_tokens`` / ``generation_tokens``, by
-                                                 ``gen_ai.token.type`` = ``input`` / ``output``
+``gen_ai.client.token.usage``          {token}   only with ``otlp.client_token_usage``: the engine's
+                                                 counts are server-side, not a client's view
 =====================================  ========  ====================================================
 
 Engine counters (monotonic sums):
 
 =============================  ========  ==========================================================
 ``mlx.tokens.generated``       {token}   sum of ``generation_tokens``, by ``gen_ai.request.model``
+``mlx.tokens.prompt``          {token}   sum of ``prompt_tokens``, by ``gen_ai.request.model``
 ``mlx.models.loaded``          {model}   ``model.loaded`` events, by ``gen_ai.request.model``
 ``mlx.models.unloaded``        {model}   ``model.unloaded`` events
 ``mlx.models.invalidated``     {model}   ``model.invalidated`` events
@@ -23,38 +26,27 @@ Engine counters (monotonic sums):
                                          ``request_id`` set), by model and ``error.type``
 ``mlx.errors``                 {error}   every error (type ``error`` or severity >= error), by
                                          ``error.type`` (the exception type, else the event type)
+``mlx.emitter.dropped``        {event}   ``client.report`` drops, by ``mlx.drop.reason``; the
+                                         resource names the emitting service
 =============================  ========  ==========================================================
 
-Temporality is DELTA. Several collectors share one consumer group, so each
-sees only part of every emitter's events: with deltas each exports its own
-share and the backend sums them. Cumulative points would need one writer per
-series, which several collectors cannot be, and their totals would reset on
-every restart. To keep each series single-writer anyway (as OTLP expects of
-delta streams too), the instrumentation scope carries the collector's
-identity in ``mlx.collector.instance``. A batch's points cover the interval
-from the previous metrics export of this collector to now, so one writer's
-intervals never overlap.
+Points are aggregated per export interval (:mod:`collector.otlp.intervals`).
+Temporality is DELTA by default: several collectors share one consumer
+group, so each sees only part of every emitter's events; with deltas each
+exports its own share and the backend sums them. The instrumentation scope
+carries the collector's identity in ``mlx.collector.instance`` so every series
+has a single writer. CUMULATIVE (on request) reports running totals per
+collector since its start.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Union
 
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.metrics.v1 import metrics_pb2
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-
-from collector.otlp.translate import (
-    OPERATION_KEY,
-    PROVIDER_KEY,
-    TranslateOptions,
-    operation_name,
-    provider_name,
-    resource_attributes,
-)
+from collector.otlp.spans import StartTimes, failure_of, generation_duration_ms, is_failed_generation
+from collector.otlp.translate import OPERATION_KEY, TranslateOptions, operation_name, provider_name
 from emitters.events import (
+    ClientReport,
     ErrorEvent,
     Event,
     GenerationCompleted,
@@ -64,10 +56,16 @@ from emitters.events import (
     is_error,
 )
 
-__all__ = ["HistogramSpec", "CounterSpec", "HISTOGRAMS", "COUNTERS", "COLLECTOR_INSTANCE_KEY", "is_metric_event", "metrics_request"]
-
-COLLECTOR_INSTANCE_KEY = "mlx.collector.instance"
-_DELTA = metrics_pb2.AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+__all__ = [
+    "HistogramSpec",
+    "CounterSpec",
+    "HISTOGRAMS",
+    "COUNTERS",
+    "SPECS",
+    "Observation",
+    "is_metric_event",
+    "observations",
+]
 
 
 class HistogramSpec(NamedTuple):
@@ -113,7 +111,21 @@ MODELS_UNLOADED = CounterSpec("mlx.models.unloaded", "{model}", "Models unloaded
 MODELS_INVALIDATED = CounterSpec("mlx.models.invalidated", "{model}", "Models invalidated.")
 GENERATION_ERRORS = CounterSpec("mlx.generation.errors", "{error}", "Errors raised while serving a generation.")
 ERRORS = CounterSpec("mlx.errors", "{error}", "Error events, by error type.")
-COUNTERS = (TOKENS_GENERATED, MODELS_LOADED, MODELS_UNLOADED, MODELS_INVALIDATED, GENERATION_ERRORS, ERRORS)
+TOKENS_PROMPT = CounterSpec("mlx.tokens.prompt", "{token}", "Prompt tokens processed.")
+EMITTER_DROPPED = CounterSpec(
+    "mlx.emitter.dropped", "{event}", "Events an emitter dropped before they reached Redis, by reason."
+)
+COUNTERS = (
+    TOKENS_GENERATED,
+    TOKENS_PROMPT,
+    MODELS_LOADED,
+    MODELS_UNLOADED,
+    MODELS_INVALIDATED,
+    GENERATION_ERRORS,
+    ERRORS,
+    EMITTER_DROPPED,
+)
+SPECS: dict[str, HistogramSpec | CounterSpec] = {spec.name: spec for spec in (*HISTOGRAMS, *COUNTERS)}
 
 _MODEL_COUNTERS: dict[type, CounterSpec] = {
     ModelLoaded: MODELS_LOADED,
@@ -121,166 +133,74 @@ _MODEL_COUNTERS: dict[type, CounterSpec] = {
     ModelInvalidated: MODELS_INVALIDATED,
 }
 
-_Attributes = tuple[tuple[str, str], ...]
-_ResourceKey = tuple[str, str, int]
+Attributes = tuple[tuple[str, str], ...]
+ResourceKey = tuple[str, str, int]
 
 
-class _Histogram:
-    __slots__ = ("count", "total", "low", "high", "buckets")
+class Observation(NamedTuple):
+    """One value for one series; ``event`` is the exemplar's source (histograms)."""
 
-    def __init__(self, size: int) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.low = float("inf")
-        self.high = float("-inf")
-        self.buckets = [0] * size
-
-    def record(self, value: float, bounds: tuple[float, ...]) -> None:
-        self.count += 1
-        self.total += value
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
-        # Bucket i holds (bounds[i-1], bounds[i]]; the last one everything above.
-        self.buckets[bisect_left(bounds, value)] += 1
-
-
-class _Aggregate:
-    """Per resource: histogram states and counter totals by attribute set."""
-
-    def __init__(self) -> None:
-        self.histograms: dict[_ResourceKey, dict[tuple[HistogramSpec, _Attributes], _Histogram]] = {}
-        self.counters: dict[_ResourceKey, dict[tuple[CounterSpec, _Attributes], int]] = {}
-
-    def observe(self, resource: _ResourceKey, spec: HistogramSpec, attributes: _Attributes, value: float) -> None:
-        states = self.histograms.setdefault(resource, {})
-        state = states.get((spec, attributes))
-        if state is None:
-            state = states[(spec, attributes)] = _Histogram(len(spec.bounds) + 1)
-        state.record(value, spec.bounds)
-
-    def add(self, resource: _ResourceKey, spec: CounterSpec, attributes: _Attributes, amount: int) -> None:
-        totals = self.counters.setdefault(resource, {})
-        totals[(spec, attributes)] = totals.get((spec, attributes), 0) + amount
+    spec: Union[HistogramSpec, CounterSpec]
+    resource: ResourceKey
+    attributes: Attributes
+    value: float
+    event: Optional[Event] = None
 
 
 def is_metric_event(event: Event) -> bool:
     """Whether ``event`` contributes to any metric point."""
-    return type(event) is GenerationCompleted or type(event) in _MODEL_COUNTERS or is_error(event)
+    kind = type(event)
+    return kind is GenerationCompleted or kind is ClientReport or kind in _MODEL_COUNTERS or is_error(event)
 
 
-def _aggregate(events: Iterable[Event], options: TranslateOptions) -> _Aggregate:
-    aggregate = _Aggregate()
-    for event in events:
-        resource = (event.service, event.host, event.pid)
-        kind = type(event)
-        if kind is GenerationCompleted:
-            _observe_generation(aggregate, resource, event, options)  # type: ignore[arg-type]
-        elif kind in _MODEL_COUNTERS:
-            model: str = event.model  # type: ignore[union-attr]
-            aggregate.add(resource, _MODEL_COUNTERS[kind], (("gen_ai.request.model", model),), 1)
-        if is_error(event):
-            error_type = event.error_type if kind is ErrorEvent else event.type  # type: ignore[union-attr]
-            aggregate.add(resource, ERRORS, (("error.type", error_type),), 1)
-            if kind is ErrorEvent and (event.model or event.request_id):  # type: ignore[union-attr]
-                attributes: _Attributes = (("error.type", error_type),)
-                if event.model:  # type: ignore[union-attr]
-                    attributes = (("gen_ai.request.model", event.model),) + attributes  # type: ignore[union-attr]
-                aggregate.add(resource, GENERATION_ERRORS, attributes, 1)
-    return aggregate
+def observations(event: Event, options: TranslateOptions, starts: StartTimes) -> Iterator[Observation]:
+    """Every metric value ``event`` contributes."""
+    resource = (event.service, event.host, event.pid)
+    kind = type(event)
+    if kind is GenerationCompleted or is_failed_generation(event):
+        yield from _generation(event, resource, options, starts)
+    elif kind in _MODEL_COUNTERS:
+        yield Observation(_MODEL_COUNTERS[kind], resource, (("gen_ai.request.model", event.model),), 1)
+    elif kind is ClientReport:
+        for reason, count in sorted(event.dropped.items()):
+            if count:
+                yield Observation(EMITTER_DROPPED, resource, (("mlx.drop.reason", reason),), count)
+    if is_error(event):
+        error_type = event.error_type if kind is ErrorEvent else event.type
+        yield Observation(ERRORS, resource, (("error.type", error_type),), 1)
+        if kind is ErrorEvent and (event.model or event.request_id):
+            attributes: Attributes = (("error.type", error_type),)
+            if event.model:
+                attributes = (("gen_ai.request.model", event.model),) + attributes
+            yield Observation(GENERATION_ERRORS, resource, attributes, 1)
 
 
-def _observe_generation(
-    aggregate: _Aggregate, resource: _ResourceKey, event: GenerationCompleted, options: TranslateOptions
-) -> None:
-    attributes: _Attributes = (
+def _generation(
+    event: Event, resource: ResourceKey, options: TranslateOptions, starts: StartTimes
+) -> Iterator[Observation]:
+    model = getattr(event, "model", None) or "unknown"
+    attributes: Attributes = (
         (OPERATION_KEY, operation_name(event, options)),
-        (PROVIDER_KEY, provider_name(event, options)),
-        ("gen_ai.request.model", event.model),
+        (options.provider_key, provider_name(event, options)),
+        ("gen_ai.request.model", model),
     )
-    duration_s = event.duration_ms / 1000.0
-    aggregate.observe(resource, REQUEST_DURATION, attributes, duration_s)
+    duration_s = generation_duration_ms(event, starts) / 1000.0
+    failure = failure_of(event)
+    if failure is not None:
+        # Failed requests are in the duration histogram, told apart by error.type (semconv).
+        yield Observation(REQUEST_DURATION, resource, attributes + (("error.type", failure.error_type),), duration_s, event)
+        return
+    yield Observation(REQUEST_DURATION, resource, attributes, duration_s, event)
+    assert type(event) is GenerationCompleted
     if event.ttft_ms is not None:
         ttft_s = event.ttft_ms / 1000.0
-        aggregate.observe(resource, TIME_TO_FIRST_TOKEN, attributes, ttft_s)
+        yield Observation(TIME_TO_FIRST_TOKEN, resource, attributes, ttft_s, event)
         if event.generation_tokens > 1:
             per_token = max(duration_s - ttft_s, 0.0) / (event.generation_tokens - 1)
-            aggregate.observe(resource, TIME_PER_OUTPUT_TOKEN, attributes, per_token)
-    aggregate.observe(resource, TOKEN_USAGE, attributes + (("gen_ai.token.type", "input"),), event.prompt_tokens)
-    aggregate.observe(resource, TOKEN_USAGE, attributes + (("gen_ai.token.type", "output"),), event.generation_tokens)
-    aggregate.add(resource, TOKENS_GENERATED, (("gen_ai.request.model", event.model),), event.generation_tokens)
-
-
-def metrics_request(
-    events: Iterable[Event],
-    options: TranslateOptions,
-    *,
-    start_ns: int,
-    end_ns: int,
-    collector_instance: str,
-) -> Optional[ExportMetricsServiceRequest]:
-    """DELTA points for ``events`` over ``[start_ns, end_ns]``; None if they carry no metric."""
-    aggregate = _aggregate(events, options)
-    resources = list(dict.fromkeys([*aggregate.histograms, *aggregate.counters]))
-    if not resources:
-        return None
-    scope = InstrumentationScope(
-        name=options.scope_name,
-        version=options.scope_version,
-        attributes=[_key_value(COLLECTOR_INSTANCE_KEY, collector_instance)],
-    )
-    request = ExportMetricsServiceRequest()
-    for resource_key in resources:
-        resource_metrics = request.resource_metrics.add()
-        resource_metrics.resource.CopyFrom(_resource(resource_key, options.deployment_environment))
-        scope_metrics = resource_metrics.scope_metrics.add()
-        scope_metrics.scope.CopyFrom(scope)
-        metrics: dict[str, metrics_pb2.Metric] = {}
-        for (spec, attributes), state in aggregate.histograms.get(resource_key, {}).items():
-            metric = _metric(metrics, scope_metrics, spec.name, spec.unit, spec.description)
-            metric.histogram.aggregation_temporality = _DELTA
-            metric.histogram.data_points.add(
-                attributes=[_key_value(key, value) for key, value in attributes],
-                start_time_unix_nano=start_ns,
-                time_unix_nano=end_ns,
-                count=state.count,
-                sum=state.total,
-                min=state.low,
-                max=state.high,
-                bucket_counts=state.buckets,
-                explicit_bounds=spec.bounds,
-            )
-        for (counter, attributes), total in aggregate.counters.get(resource_key, {}).items():
-            metric = _metric(metrics, scope_metrics, counter.name, counter.unit, counter.description)
-            metric.sum.aggregation_temporality = _DELTA
-            metric.sum.is_monotonic = True
-            metric.sum.data_points.add(
-                attributes=[_key_value(key, value) for key, value in attributes],
-                start_time_unix_nano=start_ns,
-                time_unix_nano=end_ns,
-                as_int=total,
-            )
-    return request
-
-
-def _metric(
-    metrics: dict[str, metrics_pb2.Metric],
-    scope_metrics: metrics_pb2.ScopeMetrics,
-    name: str,
-    unit: str,
-    description: str,
-) -> metrics_pb2.Metric:
-    """The scope's metric called ``name``, created on first use (one per name)."""
-    metric = metrics.get(name)
-    if metric is None:
-        metric = metrics[name] = scope_metrics.metrics.add(name=name, unit=unit, description=description)
-    return metric
-
-
-def _key_value(key: str, value: str | int) -> KeyValue:
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=value))
-
-
-def _resource(key: _ResourceKey, environment: Optional[str]) -> Resource:
-    return Resource(attributes=[_key_value(name, value) for name, value in resource_attributes(*key, environment).items()])
+            yield Observation(TIME_PER_OUTPUT_TOKEN, resource, attributes, per_token, event)
+    if options.client_token_usage:
+        yield Observation(TOKEN_USAGE, resource, attributes + (("gen_ai.token.type", "input"),), event.prompt_tokens, event)
+        yield Observation(TOKEN_USAGE, resource, attributes + (("gen_ai.token.type", "output"),), event.generation_tokens, event)
+    model_only = (("gen_ai.request.model", model),)
+    yield Observation(TOKENS_GENERATED, resource, model_only, event.generation_tokens)
+    yield Observation(TOKENS_PROMPT, resource, model_only, event.prompt_tokens)

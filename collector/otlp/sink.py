@@ -1,18 +1,22 @@
-"""The OTLP sink: every batch exported synchronously, acknowledged only on success.
+"""The OTLP sink: logs and spans exported with every batch, metrics per export interval.
 
-The SDK's batch processors drop data when the backend is down, so they are
-not on this path: ``write`` translates the batch (logs, spans, GenAI metrics),
-sends each request and returns only when all were accepted. Failures are the
-shared sink errors (see :mod:`collector.otlp.transport` for the mapping), so
-the daemon stops reading and retries with backoff (``SinkUnavailable``),
+``write`` translates the batch, sends its logs and traces requests (the two
+signals concurrently, each on its own transport) and returns only when each
+was accepted or refused for good; then it folds the batch's metric events
+into the current interval and persists that aggregation to Redis before the
+daemon acks the batch (:mod:`collector.otlp.metric_export`). Failures are the
+shared sink errors, so the daemon retries with backoff (``SinkUnavailable``),
 dead-letters (``SinkRejected``) or pauses (``SinkAuthError``).
 
 A retried batch is not sent twice: the sink remembers, for the batch in
-flight, which requests were already accepted, and resends only the rest
-(the same bytes, so metric intervals stay put). A rejection refers to the
-records behind that signal: all of them for logs (nothing else is sent for
-them then; a dead-letter replay sends everything again), those with spans for
-traces, those with metrics for metrics.
+flight, which requests were accepted and resends only the rest. Per request:
+
+- retryable statuses (see :mod:`collector.otlp.transport`): retried without bound;
+- a 413: the request is halved and the halves retried, down to single records;
+- ``Failed`` (e.g. HTTP 500): ``max_attempts`` tries, then refused for good;
+- refused for good: the records in that request (by ``event.id``) are
+  dead-lettered with the backend's status and message; the rest of the batch,
+  and the following batches, flow on.
 """
 
 from __future__ import annotations
@@ -21,15 +25,21 @@ import os
 import socket
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping, Optional, Sequence
 
 import msgspec
 import structlog
 
 from collector.otlp.config import OtlpConfig, OtlpSettings, Signal
-from collector.otlp.metrics import is_metric_event, metrics_request
-from collector.otlp.translate import TranslateOptions, Translator, span_duration_ms
-from collector.otlp.transport import Rejected, Transport, make_transport
+from collector.otlp.metric_export import MetricPipeline
+from collector.otlp.metric_store import MemoryMetricStore, MetricStore
+from collector.otlp.resources import Resources
+from collector.otlp.spans import makes_log, makes_span
+from collector.otlp.split import event_ids, split_request
+from collector.otlp.translate import TranslateOptions, Translator
+from collector.otlp.transport import Failed, Rejected, TooLarge, Transport, make_transport
 from collector.sinks import Record, SinkAuthError, SinkRejected, SinkUnavailable
 
 __all__ = ["OtlpSink"]
@@ -37,29 +47,24 @@ __all__ = ["OtlpSink"]
 log = structlog.get_logger("collector.otlp")
 
 _BatchKey = tuple[tuple[str, str], ...]
+_BATCH_SIGNALS: tuple[Signal, ...] = ("logs", "traces")
 
 
 class _Progress:
-    """What is known about one batch: its requests and which were accepted."""
+    """One batch: its requests still to send per signal, and what was refused for good."""
 
-    def __init__(
-        self, key: _BatchKey, payloads: dict[Signal, list[bytes]], items: dict[Signal, int], metrics_end: int
-    ) -> None:
+    def __init__(self, key: _BatchKey, payloads: dict[Signal, list[bytes]], items: dict[Signal, int]) -> None:
         self.key = key
-        self.payloads = payloads
-        self.items = items  # log records, spans, metric events behind each signal
-        self.sent: dict[Signal, int] = {signal: 0 for signal in payloads}  # accepted requests, in order
-        self.rejections: dict[Signal, str] = {}
-        self.metrics_end = metrics_end
+        self.pending: dict[Signal, deque[bytes]] = {signal: deque(requests) for signal, requests in payloads.items()}
+        self.items = items  # log records / spans behind each signal
+        self.attempts: dict[Signal, int] = {signal: 0 for signal in payloads}
+        self.rejected_ids: set[str] = set()
+        self.reasons: list[str] = []
+        self.metrics_added = False
 
     @property
     def complete(self) -> bool:
-        if "logs" in self.rejections:
-            return True  # nothing else is sent for a dead-lettered batch
-        return all(
-            signal in self.rejections or self.sent[signal] == len(requests)
-            for signal, requests in self.payloads.items()
-        )
+        return not any(self.pending.values())
 
 
 class OtlpStats(msgspec.Struct):
@@ -68,9 +73,11 @@ class OtlpStats(msgspec.Struct):
     requests: int = 0
     log_records: int = 0
     spans: int = 0
-    metric_events: int = 0  # events that contributed metric points
+    metric_events: int = 0  # events folded into metric intervals
     partially_rejected: int = 0  # items the backend dropped from accepted requests
     rejected_batches: int = 0
+    rejected_records: int = 0  # dead-lettered after a permanent refusal or bounded tries
+    split_requests: int = 0  # requests halved after a 413
     failures: int = 0  # transient and auth failures
 
 
@@ -84,7 +91,7 @@ class OtlpSink:
         settings: OtlpSettings,
         *,
         collector_instance: Optional[str] = None,
-        transport: Optional[Transport] = None,
+        store: Optional[MetricStore] = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.settings = settings
@@ -92,15 +99,37 @@ class OtlpSink:
             deployment_environment=settings.deployment_environment,
             capture_content=settings.capture_content,
             max_request_bytes=settings.max_request_bytes,
+            client_token_usage=settings.client_token_usage,
+            latest_genai=settings.latest_genai,
         )
         self.collector_instance = collector_instance or f"{socket.gethostname()}-{os.getpid()}"
         self.stats = OtlpStats()
-        self._translator = Translator(self.options)
-        self._transport = transport or make_transport(settings)
+        self._resources = Resources(self.options, settings.resource_attributes)
+        self._translator = Translator(self.options, self._resources)
+        self._transports: dict[Signal, Transport] = {
+            signal: make_transport(settings, signal) for signal in settings.signals
+        }
         self._clock = clock
-        self._metrics_start = clock()
         self._progress: Optional[_Progress] = None
         self._lock = threading.Lock()
+        self._closed = False
+        self._stats_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=len(_BATCH_SIGNALS), thread_name_prefix="otlp-send")
+        self.metrics: Optional[MetricPipeline] = None
+        if "metrics" in settings.signals:
+            self.metrics = MetricPipeline(
+                instance=self.collector_instance,
+                options=self.options,
+                starts=self._translator.starts,
+                transport=self._transports["metrics"],
+                store=store or MemoryMetricStore(),
+                resource=self._resources.message,
+                interval=settings.metric_export_interval,
+                temporality=settings.temporality,
+                max_attempts=settings.max_attempts,
+                schema_url=self._resources.schema_url,
+                clock=clock,
+            )
         log.info("otlp_sink_ready", collector_instance=self.collector_instance, **settings.describe())
 
     @classmethod
@@ -110,9 +139,10 @@ class OtlpSink:
         *,
         environ: Optional[Mapping[str, str]] = None,
         collector_instance: Optional[str] = None,
+        store: Optional[MetricStore] = None,
     ) -> "OtlpSink":
         """A sink for ``config`` (unset fields from ``OTEL_EXPORTER_OTLP_*``); ValueError if unusable."""
-        return cls(config.resolve(environ), collector_instance=collector_instance)
+        return cls(config.resolve(environ), collector_instance=collector_instance, store=store)
 
     def write(self, batch: Sequence[Record]) -> None:
         if not batch:
@@ -124,95 +154,114 @@ class OtlpSink:
                 progress = self._progress = self._translate(key, batch)
             if not progress.complete:
                 self._send(progress)
-                if progress.payloads.get("metrics") and "metrics" not in progress.rejections:
-                    self._metrics_start = progress.metrics_end
-                if progress.rejections:
-                    self.stats.rejected_batches += 1
-            if progress.rejections:
-                raise SinkRejected(
-                    "; ".join(progress.rejections.values()),
-                    self._rejected_records(progress, batch),
-                )
+            if self.metrics is not None:
+                if not progress.metrics_added:
+                    self.stats.metric_events += self.metrics.add([record.event for record in batch])
+                    progress.metrics_added = True
+                self.metrics.persist()
+            if progress.rejected_ids:
+                self.stats.rejected_batches += 1
+                records = [record for record in batch if record.event.id in progress.rejected_ids]
+                self.stats.rejected_records += len(records)
+                progress.rejected_ids = set()  # reported once; a retry of this batch has nothing left to send
+                raise SinkRejected("; ".join(progress.reasons), records)
 
     def _translate(self, key: _BatchKey, batch: Sequence[Record]) -> _Progress:
         events = [record.event for record in batch]
-        now = self._clock()
+        signals = self.settings.signals
+        logs, spans = self._translator.translate(
+            events, self._clock(), logs="logs" in signals, spans="traces" in signals
+        )
         payloads: dict[Signal, list[bytes]] = {}
         items: dict[Signal, int] = {}
-        logs, spans = self._translator.translate(
-            events, now, logs="logs" in self.settings.signals, spans="traces" in self.settings.signals
-        )
-        for signal in self.settings.signals:
-            if signal == "logs":
-                payloads[signal] = logs
-                items[signal] = len(events)
-            elif signal == "traces":
-                payloads[signal] = spans
-                items[signal] = sum(1 for event in events if span_duration_ms(event) is not None)
-            else:
-                items[signal] = sum(1 for event in events if is_metric_event(event))
-                request = metrics_request(
-                    events,
-                    self.options,
-                    start_ns=self._metrics_start,
-                    end_ns=max(now, self._metrics_start),
-                    collector_instance=self.collector_instance,
-                )
-                payloads[signal] = [] if request is None else [request.SerializeToString()]
-        return _Progress(key, payloads, items, max(now, self._metrics_start))
+        if "logs" in signals:
+            payloads["logs"], items["logs"] = logs, sum(1 for event in events if makes_log(event))
+        if "traces" in signals:
+            payloads["traces"], items["traces"] = spans, sum(1 for event in events if makes_span(event))
+        return _Progress(key, payloads, items)
 
     def _send(self, progress: _Progress) -> None:
-        """Send what is not yet accepted, in order; raises on the first transient or auth failure."""
-        for signal, requests in progress.payloads.items():
-            if signal in progress.rejections:
-                continue
-            while progress.sent[signal] < len(requests):
-                payload = requests[progress.sent[signal]]
-                try:
-                    result = self._transport.export(signal, payload)
-                except Rejected as exc:
-                    progress.rejections[signal] = exc.reason
-                    if signal == "logs":
-                        return  # the whole batch is dead-lettered: send nothing else for it
-                    break
-                except (SinkUnavailable, SinkAuthError):
+        """Send every signal's pending requests, the signals concurrently; raise the gravest failure."""
+        signals = [signal for signal, pending in progress.pending.items() if pending]
+        futures = [self._pool.submit(self._send_signal, progress, signal) for signal in signals]
+        errors = [future.exception() for future in futures]
+        for kind in (SinkAuthError, SinkUnavailable):
+            for error in errors:
+                if isinstance(error, kind):
                     self.stats.failures += 1
-                    raise
+                    raise error
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def _send_signal(self, progress: _Progress, signal: Signal) -> None:
+        pending = progress.pending[signal]
+        transport = self._transports[signal]
+        while pending:
+            payload = pending[0]
+            try:
+                result = transport.export(signal, payload)
+            except TooLarge as exc:
+                halves = split_request(signal, payload)
+                pending.popleft()
+                if halves is None:
+                    self._refuse(progress, signal, payload, exc.reason)
+                else:
+                    with self._stats_lock:
+                        self.stats.split_requests += 1
+                    pending.extendleft(reversed(halves))
+                continue
+            except Rejected as exc:
+                pending.popleft()
+                self._refuse(progress, signal, payload, exc.reason)
+                continue
+            except Failed as exc:
+                progress.attempts[signal] += 1
+                if progress.attempts[signal] < self.settings.max_attempts:
+                    raise SinkUnavailable(
+                        f"{exc.reason} (try {progress.attempts[signal]} of {self.settings.max_attempts})",
+                        retry_after=exc.retry_after,
+                    ) from None
+                pending.popleft()
+                self._refuse(progress, signal, payload, f"{exc.reason} (after {progress.attempts[signal]} tries)")
+                continue
+            pending.popleft()
+            progress.attempts[signal] = 0
+            with self._stats_lock:
                 self.stats.requests += 1
-                progress.sent[signal] += 1
-                if progress.sent[signal] == len(requests):
+                if not pending:
                     self._count_accepted(signal, progress.items[signal])
-                if result.rejected:
-                    self.stats.partially_rejected += result.rejected
-                    log.warning(
-                        "otlp_partial_success",
-                        signal=signal,
-                        rejected=result.rejected,
-                        backend_message=result.message,
-                    )
+                self.stats.partially_rejected += result.rejected
+            if result.rejected or result.message:
+                # Logged even when nothing was rejected: the backend had something to say.
+                log.warning(
+                    "otlp_partial_success", signal=signal, rejected=result.rejected, backend_message=result.message
+                )
+
+    def _refuse(self, progress: _Progress, signal: Signal, payload: bytes, reason: str) -> None:
+        progress.attempts[signal] = 0
+        ids = event_ids(signal, payload)
+        with self._stats_lock:  # the signals are sent from two threads
+            progress.rejected_ids |= ids
+            progress.reasons.append(reason)
+        log.error("otlp_request_refused", signal=signal, reason=reason, action="its records go to the dead letters")
 
     def _count_accepted(self, signal: Signal, items: int) -> None:
         if signal == "logs":
             self.stats.log_records += items
-        elif signal == "traces":
-            self.stats.spans += items
         else:
-            self.stats.metric_events += items
-
-    def _rejected_records(self, progress: _Progress, batch: Sequence[Record]) -> list[Record]:
-        if "logs" in progress.rejections:
-            return list(batch)
-        rejected: list[Record] = []
-        for record in batch:
-            if "traces" in progress.rejections and span_duration_ms(record.event) is not None:
-                rejected.append(record)
-            elif "metrics" in progress.rejections and is_metric_event(record.event):
-                rejected.append(record)
-        return rejected
+            self.stats.spans += items
 
     def flush(self) -> None:
-        """Nothing is buffered between batches: ``write`` returns only once exported."""
+        """Logs and spans are never buffered; metric intervals are persisted with every batch."""
 
     def close(self) -> None:
         with self._lock:
-            self._transport.close()
+            if self._closed:
+                return
+            self._closed = True
+            if self.metrics is not None:
+                self.metrics.close()
+            self._pool.shutdown(wait=True)
+            for transport in self._transports.values():
+                transport.close()

@@ -6,12 +6,17 @@ severity from the event, ``event_name`` and the ``event.name`` attribute from
 its type, the body its message (error events) or its type, and
 ``trace_id``/``span_id`` from its hex ids.
 
-A ``generation.completed`` event also becomes a span named
-``{gen_ai.operation.name} {model}`` that ends at the event's timestamp and
-starts ``duration_ms`` earlier; so does any other event carrying a duration
-(``load_ms`` of ``model.loaded``, or a numeric ``duration_ms``/``load_ms`` in
-``attrs``), named after its type. Spans keep the event's trace id, span id and
-parent span id, so logs, spans and the emitter's scopes line up.
+``trace_id``/``span_id`` are set only when the event has them: an event
+outside every scope belongs to no trace, and its record says so.
+
+Spans (ids and times: :mod:`collector.otlp.spans`): a ``span.ended`` event is
+the span of an emitter scope (and no log record: the span is its record); a
+``generation.completed`` or failed generation becomes a span named
+``{gen_ai.operation.name} {model}``, any other event carrying a duration
+(``load_ms`` of ``model.loaded``, a numeric ``duration_ms``/``load_ms`` in
+``attrs``) one named after its type. A failure makes the span's status ERROR
+with the error message as description, ``error.type``, and an ``exception``
+span event.
 
 Attribute names (logs and spans):
 
@@ -43,27 +48,43 @@ Requests are split so none exceeds ``max_request_bytes``.
 
 from __future__ import annotations
 
-import importlib.metadata
-from typing import Any, Iterable, Optional
+import struct
+from typing import Iterable, Optional
 
 import msgspec
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
-from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from collector.otlp import wire
-from emitters.events import (
-    SEVERITY_RANK,
-    TYPED_EVENTS,
-    Envelope,
-    ErrorEvent,
-    Event,
-    GenerationCompleted,
-    ModelLoaded,
+from collector.otlp.attributes import (
+    ENVELOPE_KEYS,
+    FIELD_KEYS,
+    OPERATION_KEY,
+    PROVIDER_KEY,
+    PROVIDER_KEYS,
+    attribute_key_for,
+    operation_name,
+    provider_name,
 )
+from collector.otlp.attributes import (  # the translator's own tables, computed once
+    ARRAY as _ARRAY,
+    ENVELOPE_PLAN as _ENVELOPE_PLAN,
+    ERROR_TYPE_ENCODED as _ERROR_TYPE_ENCODED,
+    ERROR_TYPE_KEY as _ERROR_TYPE_KEY,
+    EVENT_NAME_KEY as _EVENT_NAME_KEY,
+    OPERATION_ENCODED as _OPERATION_ENCODED,
+    PLANS as _PLANS,
+    RESERVED as _RESERVED,
+    SCALAR as _SCALAR,
+    SPAN_CONSUMED as _SPAN_CONSUMED,
+)
+from collector.otlp.options import TranslateOptions
+from collector.otlp.resources import Resources
+from collector.otlp.spans import Failure, SpanShape, StartTimes, makes_log, span_shape
+from emitters.events import ErrorEvent, Event, SpanEnded
 
 __all__ = [
     "TranslateOptions",
@@ -74,163 +95,21 @@ __all__ = [
     "ENVELOPE_KEYS",
     "SEVERITY_NUMBERS",
     "attribute_key_for",
-    "span_duration_ms",
     "operation_name",
     "provider_name",
-    "resource_attributes",
+    "PROVIDER_KEYS",
 ]
-
-try:
-    _VERSION = importlib.metadata.version("mlx-telemetry")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
-    _VERSION = "0.0.0"
 
 # OTLP SeverityNumber: DEBUG=5, INFO=9, WARN=13, ERROR=17, FATAL=21.
 SEVERITY_NUMBERS: dict[str, int] = {"debug": 5, "info": 9, "warn": 13, "error": 17, "critical": 21}
 
-ENVELOPE_KEYS: dict[str, str] = {
-    "id": "event.id",
-    "request_id": "request.id",
-    "job_id": "job.id",
-    "worker_id": "worker.id",
-    "machine_id": "machine.id",
-    "user_id": "user.id",
-    "parent_span_id": "span.parent_id",
-}
-
-# Typed fields not named mlx.<entity>.<field>: (event type, field) -> key. Mostly
-# semantic-convention names; two plain renames where the default would stutter.
-FIELD_KEYS: dict[tuple[str, str], str] = {
-    **{(name, "model"): "gen_ai.request.model" for name in TYPED_EVENTS},
-    ("generation.started", "prompt_tokens"): "gen_ai.usage.input_tokens",
-    ("generation.started", "max_tokens"): "gen_ai.request.max_tokens",
-    ("generation.started", "temperature"): "gen_ai.request.temperature",
-    ("generation.started", "top_p"): "gen_ai.request.top_p",
-    ("generation.started", "top_k"): "gen_ai.request.top_k",
-    ("generation.started", "seed"): "gen_ai.request.seed",
-    ("generation.completed", "prompt_tokens"): "gen_ai.usage.input_tokens",
-    ("generation.completed", "generation_tokens"): "gen_ai.usage.output_tokens",
-    ("generation.completed", "finish_reason"): "gen_ai.response.finish_reasons",
-    ("error", "message"): "exception.message",
-    ("error", "error_type"): "exception.type",
-    ("error", "stack"): "exception.stacktrace",
-    ("model.loaded", "model_path"): "mlx.model.path",
-    ("token.generated", "token"): "mlx.token.text",
-}
-# Besides exception.type, errors carry the low-cardinality error.type used by metrics.
-_ERROR_TYPE_KEY = "error.type"
-# Fields whose value is a list in the convention (a string array attribute).
-_ARRAY_FIELDS = frozenset({("generation.completed", "finish_reason")})
-# Fields holding a map of attributes, flattened to `<key>.<map key>`.
-_MAP_FIELDS = frozenset({("model.loaded", "metadata"), ("error", "context")})
-# Content, exported only with capture_content.
-_CONTENT_FIELDS = frozenset({("generation.started", "prompt"), ("token.generated", "token")})
-
-OPERATION_KEY = "gen_ai.operation.name"
-PROVIDER_KEY = "gen_ai.provider.name"
-_DURATION_ATTRS = ("duration_ms", "load_ms")
 _SPAN_KIND_INTERNAL = trace_pb2.Span.SpanKind.SPAN_KIND_INTERNAL
 _STATUS_ERROR = trace_pb2.Status.StatusCode.STATUS_CODE_ERROR
-_ERROR_RANK = SEVERITY_RANK["error"]
+_SAMPLED = 0x01
+# SpanFlags: bit 8 says whether the parent is remote is known, bit 9 that it is.
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
 _CACHE_LIMIT = 4096
-
-
-def attribute_key_for(event_type: str, field: str) -> str:
-    """The attribute name of a typed field (see the module docstring)."""
-    return FIELD_KEYS.get((event_type, field)) or f"mlx.{event_type.split('.')[0]}.{field}"
-
-
-class TranslateOptions(msgspec.Struct, frozen=True, kw_only=True):
-    """What translation depends on besides the events."""
-
-    deployment_environment: Optional[str] = None
-    capture_content: bool = False
-    provider_name: str = "mlx"
-    default_operation: str = "text_completion"
-    scope_name: str = "mlx-telemetry"
-    scope_version: str = _VERSION
-    max_request_bytes: int = 3 * 1024 * 1024
-
-
-def operation_name(event: Event, options: TranslateOptions) -> str:
-    """``gen_ai.operation.name``: the event's own ``attrs`` value, else the default."""
-    value = event.attrs.get(OPERATION_KEY)
-    return value if isinstance(value, str) and value else options.default_operation
-
-
-def provider_name(event: Event, options: TranslateOptions) -> str:
-    """``gen_ai.provider.name``: the event's own ``attrs`` value, else the configured one."""
-    value = event.attrs.get(PROVIDER_KEY)
-    return value if isinstance(value, str) and value else options.provider_name
-
-
-def span_duration_ms(event: Event) -> Optional[float]:
-    """The duration a span is built from, or None when the event carries none."""
-    if isinstance(event, GenerationCompleted):
-        return event.duration_ms
-    if isinstance(event, ModelLoaded) and event.load_ms is not None:
-        return event.load_ms
-    for key in _DURATION_ATTRS:
-        value = event.attrs.get(key)
-        if type(value) in (int, float) and value >= 0:  # type: ignore[operator]
-            return float(value)  # type: ignore[arg-type]
-    return None
-
-
-def resource_attributes(service: str, host: str, pid: int, environment: Optional[str]) -> dict[str, Any]:
-    attributes: dict[str, Any] = {"service.name": service, "host.name": host, "process.pid": pid}
-    if environment:
-        attributes["deployment.environment.name"] = environment
-        attributes["deployment.environment"] = environment
-    return attributes
-
-
-# -- field plans: per event class, which fields become which attributes ------
-
-_SCALAR, _MAP, _ARRAY = 0, 1, 2
-_FieldPlan = tuple[str, bytes, int, str]  # field name, encoded key, kind, key (maps: prefix)
-_ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__)
-
-
-def _plan(cls: type) -> tuple[tuple[_FieldPlan, ...], tuple[_FieldPlan, ...]]:
-    """(plan without content fields, plan with them) for a typed event class."""
-    event_type = cls.type  # type: ignore[attr-defined]
-    base: list[_FieldPlan] = []
-    content: list[_FieldPlan] = []
-    for field in cls.__struct_fields__:  # type: ignore[attr-defined]
-        if field in _ENVELOPE_FIELDS:
-            continue
-        key = attribute_key_for(event_type, field)
-        kind = _MAP if (event_type, field) in _MAP_FIELDS else _ARRAY if (event_type, field) in _ARRAY_FIELDS else _SCALAR
-        entry = (field, wire.attribute_key(key), kind, key)
-        content.append(entry)
-        if (event_type, field) not in _CONTENT_FIELDS:
-            base.append(entry)
-    return tuple(base), tuple(content)
-
-
-_PLANS: dict[type, tuple[tuple[_FieldPlan, ...], tuple[_FieldPlan, ...]]] = {
-    cls: _plan(cls) for cls in TYPED_EVENTS.values()
-}
-_ENVELOPE_PLAN = tuple((field, wire.attribute_key(key)) for field, key in ENVELOPE_KEYS.items())
-_ERROR_TYPE_ENCODED = wire.attribute_key(_ERROR_TYPE_KEY)
-_EVENT_NAME_KEY = wire.attribute_key("event.name")
-_OPERATION_ENCODED = wire.attribute_key(OPERATION_KEY)
-_PROVIDER_ENCODED = wire.attribute_key(PROVIDER_KEY)
-
-
-def _reserved(cls: Optional[type]) -> frozenset[str]:
-    """Keys an event of ``cls`` sets itself; ``attrs`` with these keys get an ``attrs.`` prefix."""
-    keys = set(ENVELOPE_KEYS.values()) | {"event.name", _ERROR_TYPE_KEY}
-    if cls is not None:
-        keys |= {entry[3] for entry in _PLANS[cls][1]}
-    return frozenset(keys)
-
-
-_RESERVED: dict[Optional[type], frozenset[str]] = {cls: _reserved(cls) for cls in TYPED_EVENTS.values()}
-_RESERVED[None] = _reserved(None)
-# On generation spans these two attrs name the operation and provider instead.
-_SPAN_CONSUMED = frozenset({OPERATION_KEY, PROVIDER_KEY})
 
 
 # -- tags, derived from the generated descriptors ------------------------------
@@ -256,10 +135,15 @@ _T_SPAN_START = wire.tag(_SPAN, "start_time_unix_nano")
 _T_SPAN_END = wire.tag(_SPAN, "end_time_unix_nano")
 _T_SPAN_ATTRIBUTE = wire.tag(_SPAN, "attributes")
 _T_SPAN_STATUS = wire.tag(_SPAN, "status")
+_T_SPAN_FLAGS = wire.tag(_SPAN, "flags")
+_T_SPAN_EVENT = wire.tag(_SPAN, "events")
+_SPAN_EVENT = trace_pb2.Span.Event.DESCRIPTOR
+_T_SPAN_EVENT_TIME = wire.tag(_SPAN_EVENT, "time_unix_nano")
+_T_SPAN_EVENT_NAME = wire.tag(_SPAN_EVENT, "name")
+_T_SPAN_EVENT_ATTRIBUTE = wire.tag(_SPAN_EVENT, "attributes")
 _T_STATUS_MESSAGE = wire.tag(trace_pb2.Status.DESCRIPTOR, "message")
 _T_STATUS_CODE = wire.tag(trace_pb2.Status.DESCRIPTOR, "code")
 
-_T_RESOURCE_ATTRIBUTE = wire.tag(resource_pb2.Resource.DESCRIPTOR, "attributes")
 _T_SCOPE_NAME = wire.tag(common_pb2.InstrumentationScope.DESCRIPTOR, "name")
 _T_SCOPE_VERSION = wire.tag(common_pb2.InstrumentationScope.DESCRIPTOR, "version")
 _T_STRING = wire.tag(common_pb2.AnyValue.DESCRIPTOR, "string_value")
@@ -273,6 +157,8 @@ class _Envelope(msgspec.Struct, frozen=True):
     scope_group: bytes  # Resource* .scope_*
     scope: bytes  # Scope* .scope
     item: bytes  # Scope* .log_records / .spans
+    resource_schema: bytes  # Resource* .schema_url
+    scope_schema: bytes  # Scope* .schema_url
 
 
 _LOGS = _Envelope(
@@ -281,6 +167,8 @@ _LOGS = _Envelope(
     scope_group=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "scope_logs"),
     scope=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "scope"),
     item=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "log_records"),
+    resource_schema=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "schema_url"),
+    scope_schema=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "schema_url"),
 )
 _TRACES = _Envelope(
     resource_group=wire.tag(trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR, "resource_spans"),
@@ -288,6 +176,8 @@ _TRACES = _Envelope(
     scope_group=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "scope_spans"),
     scope=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "scope"),
     item=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "spans"),
+    resource_schema=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "schema_url"),
+    scope_schema=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "schema_url"),
 )
 
 _SEVERITY_FIELDS: dict[str, bytes] = {
@@ -314,14 +204,25 @@ class Translator:
     ``options.max_request_bytes`` (unless a single record is larger).
     """
 
-    def __init__(self, options: TranslateOptions | None = None) -> None:
+    def __init__(self, options: TranslateOptions | None = None, resources: Resources | None = None) -> None:
         self.options = options or TranslateOptions()
+        self._provider_key = wire.attribute_key(self.options.provider_key)
+        self._resources = resources or Resources(self.options)
+        schema = self.options.schema_url.encode()
         scope = wire.length_delimited(_T_SCOPE_NAME, self.options.scope_name.encode())
         scope += wire.length_delimited(_T_SCOPE_VERSION, self.options.scope_version.encode())
         self._scope = scope
-        self._resources: dict[_ResourceKey, bytes] = {}
+        self._schema = {
+            id(shape): (
+                wire.length_delimited(shape.resource_schema, schema),
+                wire.length_delimited(shape.scope_schema, schema),
+            )
+            for shape in (_LOGS, _TRACES)
+        }
         self._types: dict[str, _TypeFields] = {}
         self._plan_index = 1 if self.options.capture_content else 0
+        # Failed generations take their start from the request's generation.started.
+        self.starts = StartTimes()
 
     # -- logs and spans ----------------------------------------------------
 
@@ -337,17 +238,20 @@ class Translator:
         log_groups: dict[_ResourceKey, list[bytes]] = {}
         span_groups: dict[_ResourceKey, list[bytes]] = {}
         log_tag, span_tag = _LOGS.item, _TRACES.item
+        starts = self.starts
         for event in events:
-            duration_ms = span_duration_ms(event) if spans else None
-            if not logs and duration_ms is None:
+            starts.note(event)
+            shape = span_shape(event, starts) if spans else None
+            log = logs and makes_log(event)
+            if not log and shape is None:
                 continue
             key = (event.service, event.host, event.pid)
             items = self._attribute_items(event)
-            if logs:
+            if log:
                 record = self._log_record(event, observed_ns, items)
                 log_groups.setdefault(key, []).append(wire.length_delimited(log_tag, record))
-            if duration_ms is not None:
-                span = self._span(event, duration_ms, items)
+            if shape is not None:
+                span = self._span(event, shape, items)
                 span_groups.setdefault(key, []).append(wire.length_delimited(span_tag, span))
         return self._requests(_LOGS, log_groups), self._requests(_TRACES, span_groups)
 
@@ -364,9 +268,10 @@ class Translator:
         return self._log_record(event, observed_ns, self._attribute_items(event))
 
     def span(self, event: Event) -> Optional[bytes]:
-        """One serialized ``Span``, or None when the event carries no duration."""
-        duration_ms = span_duration_ms(event)
-        return None if duration_ms is None else self._span(event, duration_ms, self._attribute_items(event))
+        """One serialized ``Span``, or None when the event makes none."""
+        self.starts.note(event)
+        shape = span_shape(event, self.starts)
+        return None if shape is None else self._span(event, shape, self._attribute_items(event))
 
     def _log_record(self, event: Event, observed_ns: int, items: list[bytes]) -> bytes:
         fields = self._types.get(event.type) or self._type_fields(event.type)
@@ -374,20 +279,20 @@ class Translator:
             body = wire.length_delimited(_T_BODY, wire.length_delimited(_T_STRING, event.message.encode()))
         else:
             body = fields.body
-        return b"".join(
-            (
-                wire.fixed64(_T_TIME, event.ts),
-                wire.fixed64(_T_OBSERVED, observed_ns),
-                _SEVERITY_FIELDS[event.severity],
-                body,
-                fields.name_attribute,
-                wire.repeated(_T_LOG_ATTRIBUTE, items),
-                # An event outside every scope carries no trace (contract decision 1).
-                _T_LOG_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id) if event.trace_id else b"",
-                _T_LOG_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id) if event.span_id else b"",
-                fields.event_name,
-            )
-        )
+        parts = [
+            wire.fixed64(_T_TIME, event.ts),
+            wire.fixed64(_T_OBSERVED, observed_ns),
+            _SEVERITY_FIELDS[event.severity],
+            body,
+            fields.name_attribute,
+            wire.repeated(_T_LOG_ATTRIBUTE, items),
+        ]
+        if event.trace_id is not None:
+            parts.append(_T_LOG_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id))
+            if event.span_id is not None:
+                parts.append(_T_LOG_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id))
+        parts.append(fields.event_name)
+        return b"".join(parts)
 
     def _type_fields(self, event_type: str) -> _TypeFields:
         if len(self._types) >= _CACHE_LIMIT:  # custom event types are open-ended
@@ -401,36 +306,43 @@ class Translator:
         self._types[event_type] = fields
         return fields
 
-    def _span(self, event: Event, duration_ms: float, items: list[bytes]) -> bytes:
+    def _span(self, event: Event, shape: SpanShape, items: list[bytes]) -> bytes:
         model = getattr(event, "model", None)
-        # Without a trace the event is its own trace (contract decision 2).
         parts = [
-            _T_SPAN_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id or event.id),
-            _T_SPAN_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id or event.id[:16]),
+            _T_SPAN_TRACE_ID + b"\x10" + shape.trace_id,
+            _T_SPAN_SPAN_ID + b"\x08" + shape.span_id,
         ]
-        if event.parent_span_id:
-            parts.append(_T_SPAN_PARENT + b"\x08" + bytes.fromhex(event.parent_span_id))
-        if type(event) is GenerationCompleted:
+        flags = _SAMPLED
+        if shape.parent_span_id is not None:
+            parts.append(_T_SPAN_PARENT + b"\x08" + shape.parent_span_id)
+            flags |= _HAS_IS_REMOTE | (_IS_REMOTE if shape.parent_remote else 0)
+        parts.append(_T_SPAN_FLAGS + struct.pack("<I", flags))
+        if type(event) is SpanEnded:
+            name = event.name
+        elif shape.generation:
             operation = operation_name(event, self.options)
-            name = f"{operation} {model}"
+            name = f"{operation} {model or 'unknown'}"
             generation = [
                 wire.sized_attribute(_OPERATION_ENCODED, operation),
-                wire.sized_attribute(_PROVIDER_ENCODED, provider_name(event, self.options)),
+                wire.sized_attribute(self._provider_key, provider_name(event, self.options)),
             ]
             if not _SPAN_CONSUMED.isdisjoint(event.attrs):
                 items = self._attribute_items(event, consumed=_SPAN_CONSUMED)
             items = generation + items
         else:
             name = f"{event.type} {model}" if model else event.type
+        failure = shape.failure
+        if failure is not None and type(event) is not ErrorEvent and _ERROR_TYPE_KEY not in event.attrs:
+            items = items + [wire.sized_attribute(_ERROR_TYPE_ENCODED, failure.error_type)]
         parts.append(wire.length_delimited(_T_SPAN_NAME, name.encode()))
         parts.append(_T_SPAN_KIND + wire.varint(_SPAN_KIND_INTERNAL))
-        parts.append(wire.fixed64(_T_SPAN_START, max(0, event.ts - round(duration_ms * 1_000_000))))
-        parts.append(wire.fixed64(_T_SPAN_END, event.ts))
+        parts.append(wire.fixed64(_T_SPAN_START, shape.start_ns))
+        parts.append(wire.fixed64(_T_SPAN_END, shape.end_ns))
         parts.append(wire.repeated(_T_SPAN_ATTRIBUTE, items))
-        if SEVERITY_RANK[event.severity] >= _ERROR_RANK:
-            message = event.message if type(event) is ErrorEvent else event.type
+        if failure is not None:
+            parts.append(wire.length_delimited(_T_SPAN_EVENT, _exception_event(event.ts, failure)))
             status = _T_STATUS_CODE + wire.varint(_STATUS_ERROR)
-            status += wire.length_delimited(_T_STATUS_MESSAGE, message.encode())
+            status += wire.length_delimited(_T_STATUS_MESSAGE, failure.message.encode())
             parts.append(wire.length_delimited(_T_SPAN_STATUS, status))
         return b"".join(parts)
 
@@ -470,19 +382,6 @@ class Translator:
                 items.append(attribute(wire.attribute_key(key), value))
         return items
 
-    def _resource(self, key: _ResourceKey) -> bytes:
-        resource = self._resources.get(key)
-        if resource is None:
-            if len(self._resources) >= _CACHE_LIMIT:
-                self._resources.clear()
-            attributes = resource_attributes(*key, self.options.deployment_environment)
-            resource = b"".join(
-                wire.length_delimited(_T_RESOURCE_ATTRIBUTE, wire.attribute(name, value))
-                for name, value in attributes.items()
-            )
-            self._resources[key] = resource
-        return resource
-
     def _requests(self, shape: _Envelope, groups: dict[_ResourceKey, list[bytes]]) -> list[bytes]:
         """Assemble items into requests of at most ``max_request_bytes`` each.
 
@@ -490,12 +389,13 @@ class Translator:
         an item larger than the limit travels alone.
         """
         limit = self.options.max_request_bytes
-        scope = wire.length_delimited(shape.scope, self._scope)
+        resource_schema, scope_schema = self._schema[id(shape)]
+        scope = wire.length_delimited(shape.scope, self._scope) + scope_schema
         requests: list[bytes] = []
         current: list[bytes] = []  # resource groups of the request being built
         size = 0
         for key, items in groups.items():
-            head = wire.length_delimited(shape.resource, self._resource(key))
+            head = wire.length_delimited(shape.resource, self._resources.encoded(key)) + resource_schema
             overhead = len(head) + len(scope) + 16  # tags and length prefixes
             run: list[bytes] = []
             run_size = 0
@@ -514,6 +414,23 @@ class Translator:
         if current:
             requests.append(b"".join(current))
         return requests
+
+
+def _exception_event(ts: int, failure: Failure) -> bytes:
+    """The semantic conventions' ``exception`` span event."""
+    attributes = [("exception.type", failure.error_type), ("exception.message", failure.message)]
+    if failure.stacktrace:
+        attributes.append(("exception.stacktrace", failure.stacktrace))
+    return b"".join(
+        [
+            wire.fixed64(_T_SPAN_EVENT_TIME, ts),
+            wire.length_delimited(_T_SPAN_EVENT_NAME, b"exception"),
+            *(
+                wire.length_delimited(_T_SPAN_EVENT_ATTRIBUTE, wire.attribute(key, value))
+                for key, value in attributes
+            ),
+        ]
+    )
 
 
 def _group(shape: _Envelope, head: bytes, scope: bytes, items: list[bytes]) -> bytes:
