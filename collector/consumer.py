@@ -53,6 +53,11 @@ def decode_entries(kind: StreamKind, key: str, entries: Iterable[RawEntry], *, m
                 dead.append(DeadLetter(key, entry_id, "invalid", str(exc), fields))
             except DecodeError as exc:
                 dead.append(DeadLetter(key, entry_id, "decode_error", str(exc), fields))
+            except RecursionError:
+                # msgspec bounds nesting by the interpreter's recursion limit; the contract's
+                # events are a few levels deep, so this entry alone is garbage.
+                detail = "nesting deeper than the decoder allows (valid events are a few levels deep)"
+                dead.append(DeadLetter(key, entry_id, "decode_error", detail, fields))
             else:
                 records.append(Record(kind, entry_id.decode(), event, payload))
     return Decoded(records, dead, lost, ids)

@@ -42,6 +42,7 @@ from collector.consumer import RawEntry, decode_entries
 from collector.deadletter import DeadLetter, dead_letter_fields
 from collector.records import Record, StreamKind
 from collector.redisconn import connect, redact_url
+from collector.refusals import REFUSAL_ACTIONS, refusal
 from collector.sdnotify import SystemdNotifier
 from collector.sinks import Sink, SinkAuthError, SinkError, SinkRejected, SinkUnavailable
 from collector.sinks.jsonl import JsonlSink
@@ -54,10 +55,11 @@ __all__ = ["Collector", "Backoff", "Counters", "build_sinks", "consumer_name", "
 
 log = structlog.get_logger("collector.daemon")
 
-Status = Literal["running", "backpressure", "paused_auth", "stopping"]
+Status = Literal["running", "backpressure", "paused_auth", "refused", "stopping"]
 RUNNING: Status = "running"
 BACKPRESSURE: Status = "backpressure"
 PAUSED_AUTH: Status = "paused_auth"
+REFUSED: Status = "refused"  # Redis answers writes with OOM, READONLY, NOPERM, MISCONF
 STOPPING: Status = "stopping"
 
 _PAYLOAD_KEY = PAYLOAD_FIELD.encode()
@@ -70,6 +72,10 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
 end
 return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
+# The collector's waits for Redis to come back (or accept writes again) stop growing here,
+# whatever max_backoff says: emitters flush their backlog within seconds of Redis returning,
+# and the group must be there to receive it.
+_REATTACH_CAP = 2.0
 # Dead-letter XADDs go out in pipelines of at most this many bytes.
 _DEAD_PIPELINE_BYTES = 8 * 1024 * 1024
 
@@ -115,6 +121,7 @@ class Counters:
     claimed: int = 0
     lost: int = 0  # trimmed from the stream while pending: gone before we could read them
     reconnects: int = 0
+    refusals: int = 0  # writes Redis refused (OOM, READONLY, ...), each retried later
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -223,6 +230,8 @@ class Collector:
         self._at_risk: set[StreamKind] = set()
         self._lag_unsupported = False
         self._redis_down = False
+        self._refusal: Optional[str] = None
+        self._refusal_backoff = Backoff(0.1, min(settings.max_backoff, _REATTACH_CAP))
         # Claiming runs often enough that an idle entry waits at most ~1.5x claim_idle.
         self._claim_every = min(max(settings.claim_idle / 2, 0.05), 30.0)
         now = time.monotonic()
@@ -293,10 +302,17 @@ class Collector:
                 if self._batch is not None:
                     self._deliver(self._batch)
                     self._batch = None
+                if self._refusal is not None:
+                    self._accepted_again()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if not self._reconnect(exc):
                     return
             except redis.ResponseError as exc:
+                code = refusal(exc)
+                if code is not None:
+                    if not self._refused(code, exc):
+                        return
+                    continue
                 if not str(exc).startswith("NOGROUP"):
                     raise
                 # The stream or the group vanished (a Redis without persistence restarted, or
@@ -305,6 +321,32 @@ class Collector:
                 self._ensure_groups()
             except _DeadlinePassed:
                 return
+
+    def _refused(self, code: str, error: Exception) -> bool:
+        """Redis refused a write: keep the batch, wait, retry; False when stopping ran out of time."""
+        delay = self._refusal_backoff.next()
+        if self._refusal != code:
+            log.error(
+                "redis_refused_write",
+                refusal=code,
+                error=str(error),
+                in_flight=self._batch.size() if self._batch else 0,
+                action=REFUSAL_ACTIONS[code] + "; entries stay pending in Redis meanwhile",
+            )
+        self._refusal = code
+        self.counters.refusals += 1
+        self._set_status(REFUSED)
+        try:
+            self._pause(delay)
+        except _DeadlinePassed:
+            return False
+        return True
+
+    def _accepted_again(self) -> None:
+        log.info("redis_accepting_writes", refusal=self._refusal, refusals=self.counters.refusals)
+        self._refusal = None
+        self._refusal_backoff.reset()
+        self._set_status(STOPPING if self._stop_noticed else RUNNING)
 
     def _notice_stop(self) -> None:
         if self._stop_noticed:
@@ -350,6 +392,8 @@ class Collector:
         ever ran are delivered too. Reading restarts at our own pending list.
         """
         for _, key in self.streams:
+            if self._has_group(key):
+                continue  # no write needed: a Redis refusing writes (OOM, READONLY) can still serve us
             try:
                 self._redis.xgroup_create(key, self.group, id="0", mkstream=True)
             except redis.ResponseError as exc:
@@ -357,8 +401,17 @@ class Collector:
                     raise
         self._cursor = {key: "0" for _, key in self.streams}
 
+    def _has_group(self, key: str) -> bool:
+        try:
+            groups = self._redis.xinfo_groups(key)
+        except redis.ResponseError as exc:
+            if "no such key" not in str(exc):
+                raise
+            return False
+        return any(_text(group["name"]) == self.group for group in groups)
+
     def _connect(self) -> bool:
-        backoff = Backoff(0.1, self.settings.max_backoff)
+        backoff = Backoff(0.1, min(self.settings.max_backoff, _REATTACH_CAP))
         while True:
             try:
                 self._ensure_groups()
@@ -371,13 +424,19 @@ class Collector:
                 delay = backoff.next()
                 log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 2))
                 self._stop.wait(delay)
+            except redis.ResponseError as exc:
+                code = refusal(exc)
+                if code is None:
+                    raise
+                if self._stop.is_set() or not self._refused(code, exc):
+                    return False
 
     def _reconnect(self, error: Exception) -> bool:
         """Wait for Redis with capped backoff; False when stopping ran out of time."""
         self.counters.reconnects += 1
         self._redis_down = True
         log.warning("redis_connection_lost", error=str(error), in_flight=self._batch.size() if self._batch else 0)
-        backoff = Backoff(0.1, self.settings.max_backoff)
+        backoff = Backoff(0.1, min(self.settings.max_backoff, _REATTACH_CAP))
         while True:
             try:
                 self._pause(backoff.next())
@@ -387,6 +446,11 @@ class Collector:
                 self._ensure_groups()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("redis_reconnect_failed", error=str(exc), attempt=backoff.attempts)
+                continue
+            except redis.ResponseError as exc:
+                if refusal(exc) is None:
+                    raise
+                log.warning("redis_reconnect_refused", error=str(exc), attempt=backoff.attempts)
                 continue
             self._redis_down = False
             log.info("redis_reconnected", attempts=backoff.attempts)
@@ -639,18 +703,26 @@ class Collector:
             self.alert_engine.tick(time.time())
         if reading and now >= due["trim"]:
             due["trim"] = now + self.settings.trim_interval
-            self._trim()
-            self._remove_idle_consumers()
+            self._guarded(self._trim, quiet=False)
+            self._guarded(self._remove_idle_consumers, quiet=False)
 
     def _guarded(self, chore: Any, *, quiet: bool) -> None:
-        """Inside a wait Redis may be the thing that is down: do not fail the wait on it."""
-        if not quiet:
-            chore()
-            return
+        """Inside a wait Redis may be the thing that is down: do not fail the wait on it.
+
+        A refused write (a heartbeat under OOM) skips the chore in any case: the
+        delivery path meets the same refusal and reports it.
+        """
         try:
             chore()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if not quiet:
+                raise
             log.debug("housekeeping_skipped", chore=chore.__name__, error=str(exc))
+        except redis.ResponseError as exc:
+            code = refusal(exc)
+            if code is None:
+                raise
+            log.warning("housekeeping_refused", chore=chore.__name__, refusal=code, error=str(exc))
 
     def _heartbeat(self) -> None:
         self._check_lag()
@@ -663,6 +735,7 @@ class Collector:
             "started_at": round(self._started_at, 3),
             "last_seen": round(time.time(), 3),
             "status": self.status,
+            "refusal": self._refusal or "",
             **self.counters.as_dict(),
         }
         for kind, lag in self.lag.items():

@@ -97,6 +97,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     host: str = ""
     pid: int = 0
     status: str = "unknown"
+    refusal: str = ""  # OOM, READONLY, ... while Redis refuses the collector's writes
     started_at: float = 0.0
     last_seen: float = 0.0
     read: int = 0
@@ -111,6 +112,9 @@ class Snapshot(msgspec.Struct, kw_only=True):
     redis_url: str
     redis_version: str
     used_memory: Optional[int]
+    # Why Redis refuses writes (maxmemory reached under noeviction), when it does: a collector
+    # cannot even write its heartbeat then.
+    refusing_writes: Optional[str] = None
     streams: list[StreamInfo]
     collectors: list[Heartbeat]
     dead_letters: int
@@ -126,7 +130,7 @@ def parse_heartbeat(key_suffix: str, fields: dict[bytes, bytes], now_s: float) -
     """A heartbeat from its hash; missing or garbled numbers read as 0 rather than failing the probe."""
     text = {name.decode(errors="replace"): value.decode(errors="replace") for name, value in fields.items()}
     values: dict[str, Any] = {"consumer": text.get("consumer") or key_suffix}
-    for name in ("group", "host", "status"):
+    for name in ("group", "host", "status", "refusal"):
         if name in text:
             values[name] = text[name]
     for name in _HEARTBEAT_INTS + _HEARTBEAT_FLOATS:
@@ -157,6 +161,13 @@ def assess(snapshot: Snapshot, limits: Thresholds) -> list[str]:
             reasons.append(f"collector {beat.consumer} is paused: a sink refused its credentials")
         elif beat.status == "backpressure":
             reasons.append(f"collector {beat.consumer} is in backpressure: a sink is unavailable, entries wait in Redis")
+        elif beat.status == "refused":
+            reasons.append(
+                f"collector {beat.consumer} is blocked: Redis refuses its writes ({beat.refusal or 'refused'}); "
+                "entries wait in Redis"
+            )
+    if snapshot.refusing_writes:
+        reasons.append(snapshot.refusing_writes)
     for stream in snapshot.streams:
         if stream.kind not in CONSUMED_KINDS:
             continue
@@ -270,6 +281,18 @@ def _heartbeats(client: redis.Redis, names: StreamNames, now_s: float) -> list[H
     return sorted(beats, key=lambda beat: beat.age_s)
 
 
+def _refusing_writes(memory: dict[str, Any], replication: dict[str, Any]) -> Optional[str]:
+    if replication.get("role") == "slave":
+        return "Redis refuses writes (READONLY): this URL is a replica; point collectors and emitters at the primary"
+    used, limit = int(memory.get("used_memory") or 0), int(memory.get("maxmemory") or 0)
+    if limit and used >= limit and str(memory.get("maxmemory_policy")) == "noeviction":
+        return (
+            f"Redis refuses writes (OOM): used_memory {used} >= maxmemory {limit} with noeviction; "
+            "free memory or raise maxmemory"
+        )
+    return None
+
+
 def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) -> Snapshot:
     names = target.names
     server = client.info("server")
@@ -284,6 +307,7 @@ def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) 
         redis_url=redact_url(target.redis_url),
         redis_version=str(server.get("redis_version", "?")),
         used_memory=memory.get("used_memory"),
+        refusing_writes=_refusing_writes(memory, client.info("replication")),
         streams=streams,
         collectors=_heartbeats(client, names, now_ms / 1000),
         dead_letters=next(s.length for s in streams if s.kind == "dead"),
