@@ -40,7 +40,8 @@ import structlog
 from collector.config import Config
 from collector.consumer import RawEntry, decode_entries
 from collector.deadletter import DeadLetter, dead_letter_fields
-from collector.records import Record, StreamKind
+from collector.loss import LossBook
+from collector.records import Record, StreamKind, parse_id
 from collector.redisconn import connect, redact_url
 from collector.refusals import REFUSAL_ACTIONS, refusal
 from collector.sdnotify import SystemdNotifier
@@ -72,6 +73,8 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
 end
 return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
+# Past this share of the emitters' cap the collector trims every acked entry, whatever its age.
+_ACKED_TRIM_RATIO = 0.5
 # The collector's waits for Redis to come back (or accept writes again) stop growing here,
 # whatever max_backoff says: emitters flush their backlog within seconds of Redis returning,
 # and the group must be there to receive it.
@@ -83,12 +86,6 @@ _DEAD_PIPELINE_BYTES = 8 * 1024 * 1024
 def _raw(response: Any, **options: Any) -> Any:
     """Keep stream replies as Redis sent them: entries as flat field lists, no dicts."""
     return response
-
-
-def _parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class Backoff:
@@ -253,6 +250,10 @@ class Collector:
         self._redis.set_response_callback("XREADGROUP", _raw)
         self._redis.set_response_callback("XAUTOCLAIM", _raw)
         self._delete_if_idle = self._redis.register_script(_DELETE_IF_IDLE)
+        self.losses = LossBook(
+            self._redis, self.names, self.group, kind_of={key: kind for kind, key in self.streams}.get,
+            alert_engine=alert_engine,
+        )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -510,8 +511,8 @@ class Collector:
             self._claim_cursor[key] = next_id
             more = more or next_id not in (b"0-0", "0-0")
             if deleted:  # Redis 7 already dropped these from the pending list
+                self.losses.record(key, deleted, "deleted-while-pending")
                 self.counters.lost += len(deleted)
-                log.warning("pending_entries_trimmed", stream=key, count=len(deleted), source="claim")
             entries = [entry for entry in entries if entry is not None]
             if not entries:
                 continue
@@ -549,14 +550,8 @@ class Collector:
         batch.dead.extend(decoded.dead)
         batch.ack.setdefault(key, []).extend(decoded.ids)
         if decoded.lost:
+            self.losses.record(key, decoded.lost, "deleted-while-pending")
             self.counters.lost += len(decoded.lost)
-            log.warning(
-                "pending_entries_trimmed",
-                stream=key,
-                count=len(decoded.lost),
-                first_id=decoded.lost[0].decode(),
-                note="trimmed by MAXLEN/XTRIM before they were delivered: lost",
-            )
 
     # -- delivering -------------------------------------------------------------------------------
 
@@ -725,6 +720,7 @@ class Collector:
             log.warning("housekeeping_refused", chore=chore.__name__, refusal=code, error=str(exc))
 
     def _heartbeat(self) -> None:
+        self.losses.poll()
         self._check_lag()
         key = self.names.heartbeat(self.consumer)
         fields: dict[str, Any] = {
@@ -738,6 +734,8 @@ class Collector:
             "refusal": self._refusal or "",
             **self.counters.as_dict(),
         }
+        for kind, lost in self.losses.totals.items():
+            fields[f"lost_{kind}_total"] = lost  # durable, the whole group's
         for kind, lag in self.lag.items():
             fields[f"lag_{kind}"] = -1 if lag is None else lag
         ttl = max(int(self.settings.heartbeat_interval * 3 + 0.999), 2)
@@ -761,20 +759,26 @@ class Collector:
             mine = next((g for g in groups if _text(g.get("name")) == self.group), None)
             if mine is None:
                 continue
-            if "lag" not in mine:  # Redis < 7 does not track it; the stream length would be a false alarm
+            cap = self.losses.caps.get(kind) or self._maxlen[kind]
+            if cap and length > cap * _ACKED_TRIM_RATIO:
+                self._due["trim"] = time.monotonic()  # acked entries go before the emitters' guard nears them
+            if "lag" not in mine:
+                # Redis 6.2 does not track lag. The stream length bounds it from above, and a
+                # close one: acked entries are trimmed whenever the stream passes half the cap.
                 if not self._lag_unsupported:
                     self._lag_unsupported = True
-                    log.info("lag_tracking_unavailable", note="Redis 7 or newer reports consumer group lag")
-                continue
-            lag = mine["lag"]
-            # Redis cannot count the lag once entries past the group's position were deleted
-            # (trimmed before delivery): then the whole stream may be unread.
-            unacked = int(mine.get("pending") or 0) + (int(lag) if lag is not None else int(length))
+                    log.info("lag_estimated", note="Redis 6.2 reports no group lag: the stream length bounds it")
+                unacked = int(length)
+            else:
+                lag = mine["lag"]
+                # Redis cannot count the lag once entries past the group's position were deleted
+                # (trimmed before delivery): then the whole stream may be unread.
+                unacked = int(mine.get("pending") or 0) + (int(lag) if lag is not None else int(length))
             self.lag[kind] = unacked
             self._judge_lag(kind, key, unacked)
 
     def _judge_lag(self, kind: StreamKind, key: str, unacked: int) -> None:
-        maxlen = self._maxlen[kind]
+        maxlen = self.losses.caps.get(kind) or self._maxlen[kind]
         if self.alert_engine is not None:
             self.alert_engine.observe_lag(kind, unacked, maxlen)
         if not maxlen:
@@ -794,14 +798,22 @@ class Collector:
         (self._at_risk.add if at_risk else self._at_risk.discard)(kind)
 
     def _trim(self) -> None:
-        """``XTRIM MINID ~`` by age, never past an entry some group has not acked or read."""
+        """``XTRIM MINID ~`` by age, never past an entry some group has not acked or read.
+
+        Past half the emitters' cap every acked entry goes, whatever its age: routine
+        trimming is ours, so their guard only ever meets entries nobody could deliver.
+        """
         now_ms = int(time.time() * 1000)
         for kind, key in self.streams:
             retention = self._retention[kind]
-            if retention <= 0:
-                continue
-            cutoff = (now_ms - int(retention * 1000), 0)
-            minid = min(cutoff, self._oldest_unprocessed(key))
+            cap = self.losses.caps.get(kind) or self._maxlen[kind]
+            length = self._redis.xlen(key)
+            crowded = bool(cap) and length > cap * _ACKED_TRIM_RATIO
+            if not length or (retention <= 0 and not crowded):
+                continue  # an empty stream may not even exist (a Redis restart): the next read recreates it
+            floor = self._oldest_unprocessed(key)
+            cutoff = (now_ms - int(retention * 1000), 0) if retention > 0 else (0, 0)
+            minid = floor if crowded else min(cutoff, floor)
             text = f"{minid[0]}-{minid[1]}"
             removed = self._redis.xtrim(key, minid=text, approximate=True)
             (log.info if removed else log.debug)(
@@ -811,12 +823,12 @@ class Collector:
     def _oldest_unprocessed(self, key: str) -> tuple[int, int]:
         floor = (2**63, 0)
         for group in self._redis.xinfo_groups(key):
-            last = _parse_id(group["last-delivered-id"])
+            last = parse_id(group["last-delivered-id"])
             floor = min(floor, (last[0], last[1] + 1))
             if group.get("pending"):
                 summary = self._redis.xpending(key, group["name"])
                 if summary.get("min"):
-                    floor = min(floor, _parse_id(summary["min"]))
+                    floor = min(floor, parse_id(summary["min"]))
         return floor
 
     def _remove_idle_consumers(self) -> None:

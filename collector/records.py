@@ -23,3 +23,10 @@ class Record(msgspec.Struct, frozen=True):
     stream_id: str
     event: Event
     raw: bytes
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``1700000000000-3``) as a comparable (ms, seq) pair."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

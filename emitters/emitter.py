@@ -52,7 +52,15 @@ from emitters.events import (
     decode,
 )
 from emitters.fingerprint import error_type_name, fingerprint, fingerprint_exception, format_stack, message_template
-from emitters.streams import PAYLOAD_FIELD, stream_names
+from emitters.streams import (
+    DEFAULT_ERRORS_MAXLEN,
+    DEFAULT_EVENTS_MAXLEN,
+    PAYLOAD_FIELD,
+    SHIP_BATCH,
+    SHIP_BATCH_SHA,
+    ship_keys,
+    stream_names,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -127,26 +135,6 @@ _current_scope = _context._scope.get
 _random_bits = random.getrandbits
 _time_ns = time.time_ns
 
-# KEYS: events stream, errors stream, batch token key.
-# ARGV: token ttl, events maxlen, errors maxlen, live channel, field, then (route, payload) pairs;
-# a live payload is a msgpack array of encoded events (see streams.decode_live).
-_SHIP_BATCH = """
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then
-  return -1
-end
-for i = 6, #ARGV, 2 do
-  local route = ARGV[i]
-  if route == 'e' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[5], ARGV[i + 1])
-  elseif route == 'x' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', ARGV[5], ARGV[i + 1])
-  else
-    redis.call('PUBLISH', ARGV[4], ARGV[i + 1])
-  end
-end
-return 1
-"""
-_SHIP_BATCH_SHA = hashlib.sha1(_SHIP_BATCH.encode()).hexdigest()
 
 
 class _TooLarge(ValueError):
@@ -180,8 +168,8 @@ class Emitter:
         redis_url: str = "redis://localhost:6379/0",
         *,
         stream_prefix: str = "telemetry",
-        events_maxlen: int = 10_000,
-        errors_maxlen: int = 50_000,
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        errors_maxlen: int = DEFAULT_ERRORS_MAXLEN,
         buffer_size: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 0.01,
@@ -727,8 +715,8 @@ class Emitter:
             # Redis (and, on a small machine, the engine's cores) ~20 us each.
             args.append(_TO_LIVE)
             args.append(self._encoder.encode(live))
-        command = ("EVALSHA", _SHIP_BATCH_SHA, 3, self.names.events, self.names.errors,
-                   f"{self.names.events}:batch:{batch.token}", *args)  # fmt: skip
+        keys = ship_keys(self.names, batch.token)
+        command = ("EVALSHA", SHIP_BATCH_SHA, len(keys), *keys, *args)
         pool = self._client.connection_pool
         connection = pool.get_connection()
         try:
@@ -739,7 +727,7 @@ class Emitter:
                 connection.read_response()
             except redis.exceptions.NoScriptError:
                 # A restarted Redis forgot the script; the batch token makes resending safe.
-                connection.send_command("SCRIPT", "LOAD", _SHIP_BATCH)
+                connection.send_command("SCRIPT", "LOAD", SHIP_BATCH)
                 connection.read_response()
                 connection.send_command(*command)
                 connection.read_response()

@@ -146,7 +146,7 @@ class TestDefaults:
     def test_builtins_active_without_config(self) -> None:
         """With no config the four built-in rules are active."""
         names = [rule.name for rule in AlertsConfig().active_rules()]
-        assert names == ["critical-errors", "service-errors", "new-error-kind", "collector-lag"]
+        assert names == ["critical-errors", "service-errors", "new-error-kind", "collector-lag", "entries-lost"]
         critical = DEFAULT_RULES[0]
         assert isinstance(critical, RateRule) and critical.threshold == 10 and critical.window == 60
 

@@ -1,0 +1,146 @@
+"""Loss accounting: every entry trimmed before its group acked it is counted, logged and alerted.
+
+Who counts what, on Redis 6.2 and 7.x alike:
+
+- The emitters' stream cap (a memory guard) is enforced by their batch script
+  (:data:`emitters.streams.SHIP_BATCH`), which trims exactly and, in the same
+  atomic step, counts per consumer group the trimmed entries the group had not
+  read (after its ``last-delivered-id``) or not acked (pending; it acks those
+  so nobody counts them twice). No XINFO ``entries-read``/``lag`` is needed,
+  so 6.2 counts as exactly as 7.x.
+- Anything else that deletes unacked entries (an operator's XTRIM or XDEL)
+  shows up when the collector reads its pending list or claims: the entry
+  comes back without fields (6.2 and 7.x) or in XAUTOCLAIM's deleted list
+  (7.x). :meth:`LossBook.record` counts those.
+- The collector's own trimming never removes what a group has not acked.
+
+Counts live in the ``{prefix}:accounting`` hash (``lost:{kind}:{group}``,
+durable as Redis is), one record per trimmed range in ``{prefix}:losses``.
+:meth:`LossBook.poll`, run with every heartbeat, logs each new record with its
+id range and feeds the alert engine. Entries a Redis restart without
+persistence took with it are beyond any count Redis keeps: see the README.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+import redis
+import structlog
+
+from collector.records import StreamKind, parse_id
+from emitters.streams import LOSSES_MAXLEN, StreamNames
+
+if TYPE_CHECKING:
+    from collector.alerts.engine import AlertEngine
+
+__all__ = ["LossBook", "NO_GROUP"]
+
+log = structlog.get_logger("collector.loss")
+
+# The group a loss is booked to when the stream had no consumer group at all.
+NO_GROUP = "-"
+_PAGE = 1000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+class LossBook:
+    """The durable loss counters of one consumer group, and the log of new losses."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: StreamNames,
+        group: str,
+        *,
+        kind_of: Callable[[str], Optional[StreamKind]],
+        alert_engine: Optional["AlertEngine"] = None,
+    ) -> None:
+        self._redis = client
+        self.names = names
+        self.group = group
+        self._kind_of = kind_of
+        self._alert_engine = alert_engine
+        self._cursor: Optional[str] = None  # last loss record seen; None until the first poll
+        self.caps: dict[StreamKind, int] = {}  # the caps the emitters really use, as they recorded them
+        self.totals: dict[StreamKind, int] = {"events": 0, "errors": 0}
+
+    def record(self, key: str, ids: Sequence[bytes], source: str) -> None:
+        """Book entries of stream ``key`` found deleted before this group acked them."""
+        kind = self._kind_of(key)
+        if not ids or kind is None:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hincrby(self.names.accounting, f"lost:{kind}:{self.group}", len(ids))
+        pipe.xadd(
+            self.names.losses,
+            {
+                "stream": key,
+                "group": self.group,
+                "count": len(ids),
+                "first_id": _text(min(ids, key=parse_id)),
+                "last_id": _text(max(ids, key=parse_id)),
+                "by": source,
+            },
+            maxlen=LOSSES_MAXLEN,
+            approximate=True,
+        )
+        pipe.execute()
+
+    def poll(self) -> None:
+        """Refresh caps and totals; log (and alert on) every loss recorded since the last poll."""
+        fields = {_text(name): _text(value) for name, value in self._redis.hgetall(self.names.accounting).items()}
+        totals: dict[StreamKind, int] = {"events": 0, "errors": 0}
+        for name, value in fields.items():
+            parts = name.split(":", 2)
+            if parts[0] == "maxlen" and parts[1] in totals:
+                self.caps[parts[1]] = int(value)  # type: ignore[index]
+            elif parts[0] == "lost" and len(parts) == 3 and parts[1] in totals and parts[2] in (self.group, NO_GROUP):
+                totals[parts[1]] += int(value)  # type: ignore[index]
+        self.totals = totals
+        if self._cursor is None:
+            self._start(totals)
+            return
+        while True:
+            page = self._redis.xrange(self.names.losses, min="(" + self._cursor, count=_PAGE)
+            for entry_id, raw in page:
+                self._report({_text(k): _text(v) for k, v in raw.items()})
+                self._cursor = _text(entry_id)
+            if len(page) < _PAGE:
+                return
+
+    def _start(self, totals: dict[StreamKind, int]) -> None:
+        newest = self._redis.xrevrange(self.names.losses, count=1)
+        self._cursor = _text(newest[0][0]) if newest else "0-0"
+        if any(totals.values()):
+            log.warning(
+                "entries_lost_before",
+                group=self.group,
+                lost=totals,
+                note="entries trimmed before this group acked them, counted earlier; "
+                f"records in {self.names.losses}",
+            )
+
+    def _report(self, loss: dict[str, str]) -> None:
+        if loss.get("group") not in (self.group, NO_GROUP):
+            return
+        count = int(loss.get("count", 0))
+        kind = self._kind_of(loss.get("stream", ""))
+        log.error(
+            "entries_lost",
+            stream=loss.get("stream"),
+            group=loss.get("group"),
+            count=count,
+            first_id=loss.get("first_id"),
+            last_id=loss.get("last_id"),
+            by=loss.get("by"),
+            lost_total=self.totals.get(kind, 0) if kind else None,
+            action="entries were trimmed before they were acked: add collectors, fix slow sinks, "
+            "or raise the emitters' cap (events_maxlen/errors_maxlen)",
+        )
+        if self._alert_engine is not None and kind is not None:
+            self._alert_engine.observe_loss(kind, count)
+
