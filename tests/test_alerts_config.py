@@ -156,7 +156,7 @@ class TestDefaults:
         rules = {rule.name: rule for rule in config.active_rules()}
         assert "collector-lag" not in rules
         assert rules["critical-errors"].threshold == 50  # type: ignore[union-attr]
-        assert len(rules) == 3
+        assert len(rules) == len(DEFAULT_RULES) - 1
 
     def test_disable_unknown_builtin(self) -> None:
         """Disabling a rule that is not built in is a typo worth reporting."""
