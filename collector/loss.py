@@ -5,13 +5,14 @@ Who counts what, on Redis 6.2 and 7.x alike:
 - The emitters' stream cap (a memory guard) is enforced by their batch script
   (:data:`emitters.streams.SHIP_BATCH`), which trims exactly and, in the same
   atomic step, counts per consumer group the trimmed entries the group had not
-  read (after its ``last-delivered-id``) or not acked (pending; it acks those
-  so nobody counts them twice). No XINFO ``entries-read``/``lag`` is needed,
-  so 6.2 counts as exactly as 7.x.
-- Anything else that deletes unacked entries (an operator's XTRIM or XDEL)
-  shows up when the collector reads its pending list or claims: the entry
-  comes back without fields (6.2 and 7.x) or in XAUTOCLAIM's deleted list
-  (7.x). :meth:`LossBook.record` counts those.
+  read (after its ``last-delivered-id``). No XINFO ``entries-read``/``lag`` is
+  needed, so 6.2 counts as exactly as 7.x.
+- An entry deleted while pending (by that cap, or an operator's XTRIM/XDEL) is
+  not lost while the consumer holding it lives: it writes and acks it. If that
+  consumer died, the entry comes back to whoever claims it or rereads its
+  pending list, without fields (6.2 and 7.x) or in XAUTOCLAIM's deleted list
+  (7.x), and :meth:`LossBook.record` counts it then, once (it is acked or
+  dropped from the pending list in the same step).
 - The collector's own trimming never removes what a group has not acked.
 
 Counts live in the ``{prefix}:accounting`` hash (``lost:{kind}:{group}``,

@@ -61,9 +61,11 @@ _GUARD_CHUNK = 5_000
 #
 # Over its cap a stream loses its oldest entries, but never silently: the script trims
 # exactly, and before it does, counts for each consumer group the doomed entries the
-# group never read (after its last-delivered-id) or read and has not acked (pending; those
-# are acked here so no collector counts them again). Counts go to `lost:{kind}:{group}` in
+# group never read (after its last-delivered-id). Counts go to `lost:{kind}:{group}` in
 # the accounting hash and one record per range to the losses stream. Redis 6.2 and 7.x alike.
+# Doomed entries a consumer has read but not acked are not lost yet: it holds them and
+# acks them once written. Only if it dies do they come back, deleted, to the consumer that
+# claims them, and that collector counts them (collector/loss.py).
 SHIP_BATCH = """
 local function after(a, b)
   local am, as = string.match(a, '(%d+)-(%d+)')
@@ -91,13 +93,6 @@ local function guard(key, kind, excess)
     local lost = 0
     for _, entry in ipairs(doomed) do
       if after(entry[1], delivered) then lost = lost + 1 end
-    end
-    local pending = redis.call('XPENDING', key, name, first, last, #doomed)
-    if #pending > 0 then
-      local ids = {}
-      for i, item in ipairs(pending) do ids[i] = item[1] end
-      redis.call('XACK', key, name, unpack(ids))
-      lost = lost + #pending
     end
     if lost > 0 then record(key, kind, name, lost, first, last) end
   end

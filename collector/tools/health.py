@@ -118,6 +118,13 @@ class Snapshot(msgspec.Struct, kw_only=True):
     streams: list[StreamInfo]
     collectors: list[Heartbeat]
     dead_letters: int
+    # Entries trimmed before a group acked them, durable (`{prefix}:accounting`): "{kind}:{group}" -> count.
+    lost: dict[str, int] = {}
+    last_loss_age_s: Optional[float] = None
+
+
+# A loss keeps the pipeline degraded this long after it happened (the counts stay forever).
+RECENT_LOSS_S = 3600.0
 
 
 # -- pure ----------------------------------------------------------------------
@@ -175,6 +182,12 @@ def assess(snapshot: Snapshot, limits: Thresholds) -> list[str]:
             reasons.append(f"{stream.key} has {stream.length} entries and no consumer group: nothing collects it")
         for group in stream.groups:
             reasons.extend(_group_reasons(stream, group, limits))
+    if snapshot.lost and snapshot.last_loss_age_s is not None and snapshot.last_loss_age_s <= RECENT_LOSS_S:
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(snapshot.lost.items()))
+        reasons.append(
+            f"entries were trimmed before they were acked, {format_age(snapshot.last_loss_age_s)} ago "
+            f"(lost so far: {counts}); see the collector log (entries_lost) for the id ranges"
+        )
     if snapshot.dead_letters > limits.max_dead:
         reasons.append(
             f"{snapshot.dead_letters} dead letters (limit {limits.max_dead}): see 'telemetry-collector dlq list'"
@@ -293,6 +306,20 @@ def _refusing_writes(memory: dict[str, Any], replication: dict[str, Any]) -> Opt
     return None
 
 
+def _accounting(client: redis.Redis, names: StreamNames, now_ms: int) -> tuple[dict[str, int], dict[str, int], Optional[float]]:
+    """The emitters' recorded caps, the lost counters and the age of the newest loss."""
+    caps: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    for name, value in client.hgetall(names.accounting).items():
+        what, _, rest = name.decode(errors="replace").partition(":")
+        if what == "maxlen":
+            caps[rest] = int(value)
+        elif what == "lost" and int(value):
+            lost[rest] = int(value)
+    newest = client.xrevrange(names.losses, count=1)
+    return caps, lost, _id_age_s(newest[0][0], now_ms) if newest else None
+
+
 def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) -> Snapshot:
     names = target.names
     server = client.info("server")
@@ -300,6 +327,8 @@ def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) 
     # Redis's clock, not ours: stream ids and idle times are in its time.
     seconds, micros = client.time()
     now_ms = seconds * 1000 + micros // 1000
+    caps, lost, last_loss_age_s = _accounting(client, names, now_ms)
+    maxlens = {**maxlens, **caps}  # what the emitters really trim to, once they have recorded it
     streams = [
         _stream_info(client, kind, getattr(names, kind), maxlens.get(kind), now_ms) for kind in STREAM_KINDS
     ]
@@ -311,6 +340,8 @@ def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) 
         streams=streams,
         collectors=_heartbeats(client, names, now_ms / 1000),
         dead_letters=next(s.length for s in streams if s.kind == "dead"),
+        lost=lost,
+        last_loss_age_s=last_loss_age_s,
     )
 
 
@@ -366,6 +397,9 @@ def _print_snapshot(snapshot: Snapshot, status: str, reasons: list[str]) -> None
             f"{beat.written:>9} {beat.acked:>9} {beat.dead_lettered:>6} {beat.claimed:>8}"
         )
     echo(f"dead letters: {snapshot.dead_letters}")
+    if snapshot.lost:
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(snapshot.lost.items()))
+        echo(f"lost (trimmed before acked): {counts}; newest {_ago(snapshot.last_loss_age_s)}")
     colour = "green" if status == "healthy" else "yellow"
     echo(click.style(f"status: {status}", fg=colour, bold=True))
     for reason in reasons:
