@@ -31,7 +31,7 @@ from collector.embedded import RedisProcess
 from collector.records import Record
 from collector.sinks import SinkAuthError, SinkRejected, SinkUnavailable
 from emitters.events import CustomEvent, ErrorEvent, ModelLoaded, encode
-from emitters.streams import stream_names
+from emitters.streams import DEFAULT_ERRORS_MAXLEN, DEFAULT_EVENTS_MAXLEN, stream_names
 from tests.test_tools_support import wait_for
 
 wait_until = wait_for  # the name tests/test_otlp_e2e.py imports from here
@@ -364,7 +364,7 @@ class TestCollectorDelivery:
         with running(collector):
             wait_for(lambda: len(engine.observed) == 20 and engine.lags and engine.ticks, what="hooks called")
         assert {r.event.id for r in engine.observed} == {e.id for e in events}
-        assert {(stream, maxlen) for stream, _, maxlen in engine.lags} >= {("events", 10_000), ("errors", 50_000)}
+        assert {(stream, maxlen) for stream, _, maxlen in engine.lags} >= {("events", DEFAULT_EVENTS_MAXLEN), ("errors", DEFAULT_ERRORS_MAXLEN)}
         assert engine.closed
 
     def test_heartbeat_hash_carries_the_documented_fields(

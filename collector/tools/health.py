@@ -320,7 +320,21 @@ def _accounting(client: redis.Redis, names: StreamNames, now_ms: int) -> tuple[d
     return caps, lost, _id_age_s(newest[0][0], now_ms) if newest else None
 
 
-def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) -> Snapshot:
+def _split_maxlens(events_maxlen: int, errors_maxlen: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(given on the command line or env, defaults): what the emitters recorded beats only the defaults."""
+    context = click.get_current_context()
+    given: dict[str, int] = {}
+    defaults: dict[str, int] = {}
+    for kind, value in (("events", events_maxlen), ("errors", errors_maxlen)):
+        source = context.get_parameter_source(f"{kind}_maxlen")
+        (defaults if source in (None, click.core.ParameterSource.DEFAULT) else given)[kind] = value
+    return given, defaults
+
+
+def take_snapshot(
+    client: redis.Redis, target: Target, maxlens: dict[str, int], defaults: Optional[dict[str, int]] = None
+) -> Snapshot:
+    """Backlogs are judged by ``maxlens``, else the caps the emitters recorded, else ``defaults``."""
     names = target.names
     server = client.info("server")
     memory = client.info("memory")
@@ -328,7 +342,7 @@ def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) 
     seconds, micros = client.time()
     now_ms = seconds * 1000 + micros // 1000
     caps, lost, last_loss_age_s = _accounting(client, names, now_ms)
-    maxlens = {**maxlens, **caps}  # what the emitters really trim to, once they have recorded it
+    maxlens = {**(defaults or {}), **caps, **maxlens}
     streams = [
         _stream_info(client, kind, getattr(names, kind), maxlens.get(kind), now_ms) for kind in STREAM_KINDS
     ]
@@ -470,7 +484,7 @@ def health(
     try:
         client = target.connect("health", timeout=timeout)
         try:
-            snapshot = take_snapshot(client, target, {"events": events_maxlen, "errors": errors_maxlen})
+            snapshot = take_snapshot(client, target, *_split_maxlens(events_maxlen, errors_maxlen))
         finally:
             client.close()
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
