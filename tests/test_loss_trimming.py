@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,38 @@ class TestRedisRestartWithoutPersistence:
         result = run_once(rate=400, outage=3.0, warmup=1.5, tail=2.0, binary=versioned_redis.binary)
         assert result["unaccounted"] == 0 and result["lost"] == 0, result
         assert result["delivered"] + sum(result["dropped"].values()) == result["emitted"] > 1000, result
+
+
+class TestDeadCollectorsWork:
+    def test_killed_collectors_pending_entries_are_claimed_before_any_trim(
+        self, redis_url: str, redis_client: redis.Redis, tmp_path: Path, collectors: list[CollectorProcess]
+    ) -> None:
+        """Finding 5: one of two collectors SIGKILLed mid-stream. Claiming (after claim_idle) comes
+        well before the emitters' cap could reach its pending entries, and the survivor trims only
+        acked entries: every event in the files, 0 lost, however the work was split."""
+        first = launch(collectors, tmp_path, redis_url, name="c1")
+        second = launch(collectors, tmp_path, redis_url, name="c2")
+        first.wait_ready()
+        second.wait_ready()
+        emitted = 6000
+        emitter = Emitter("claim-test", redis_url, events_maxlen=5000, hash_secret="t", strict=True)
+        pacer = threading.Event()
+        for n in range(emitted):
+            emitter.event("job.created", n=n)
+            if n == 2000:
+                first.kill()
+            if n % 100 == 99:
+                pacer.wait(0.1)  # ~1,000 events/s: the cap is 5 s of traffic, claiming takes ~1.5 s
+        assert emitter.flush(30)
+        wait_for(lambda: pending_count(redis_client) == 0 and _all_read(redis_client), 60, "everything acked")
+        emitter.close()
+        files = jsonl_ids(first.jsonl_dir, second.jsonl_dir)
+        assert (len(files), lost_total(redis_client), drops(emitter), len(dead_letters(redis_client))) == (
+            emitted, 0, 0, 0,
+        )  # fmt: skip
+
+
+def _all_read(client: redis.Redis) -> bool:
+    (group,) = client.xinfo_groups(NAMES.events)
+    last = client.xrevrange(NAMES.events, count=1)
+    return bool(last) and group["last-delivered-id"] == last[0][0]
