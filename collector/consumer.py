@@ -32,7 +32,7 @@ def decode_entries(kind: StreamKind, key: str, entries: Iterable[RawEntry], *, m
     lost: list[bytes] = []
     ids: list[bytes] = []
     for entry in entries:
-        if entry is None:  # Redis 6.2 XAUTOCLAIM: deleted, and already gone from the PEL
+        if entry is None:  # Redis 6.2 XAUTOCLAIM: deleted; the daemon rereads its pending list for the id
             continue
         entry_id, fields = entry
         ids.append(entry_id)

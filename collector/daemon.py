@@ -513,6 +513,10 @@ class Collector:
             if deleted:  # Redis 7 already dropped these from the pending list
                 self.losses.record(key, deleted, "deleted-while-pending")
                 self.counters.lost += len(deleted)
+            if any(entry is None for entry in entries):
+                # Redis 6.2 hands deleted entries over as nil, without their ids: they are in our
+                # pending list now, and reading it again brings their ids, without fields (lost).
+                self._cursor[key] = "0"
             entries = [entry for entry in entries if entry is not None]
             if not entries:
                 continue
