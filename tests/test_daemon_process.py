@@ -52,9 +52,9 @@ def stream_event_ids(client: redis.Redis, stream: str = NAMES.events) -> set[str
 
 
 def unprocessed(client: redis.Redis, stream: str = NAMES.events) -> int:
-    """Entries the group has not read yet plus those read but not acked."""
+    """Entries the group has not read yet plus those read but not acked (6.2 and 7.x: counted by ids)."""
     (group,) = [g for g in client.xinfo_groups(stream) if g["name"] == GROUP.encode()]
-    return int(group["lag"] or 0) + int(group["pending"])
+    return len(client.xrange(stream, min="(" + group["last-delivered-id"].decode())) + int(group["pending"])
 
 
 def file_lines(directory: Path) -> int:
