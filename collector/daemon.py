@@ -228,6 +228,7 @@ class Collector:
         self._lag_unsupported = False
         self._redis_down = False
         self._refusal: Optional[str] = None
+        self._attached = False  # the group was there (or made) once: missing later means Redis lost it
         self._refusal_backoff = Backoff(0.1, min(settings.max_backoff, _REATTACH_CAP))
         # Claiming runs often enough that an idle entry waits at most ~1.5x claim_idle.
         self._claim_every = min(max(settings.claim_idle / 2, 0.05), 30.0)
@@ -392,14 +393,19 @@ class Collector:
         A new group starts at ``0``: events emitted before the first collector
         ever ran are delivered too. Reading restarts at our own pending list.
         """
-        for _, key in self.streams:
+        created: list[StreamKind] = []
+        for kind, key in self.streams:
             if self._has_group(key):
                 continue  # no write needed: a Redis refusing writes (OOM, READONLY) can still serve us
             try:
                 self._redis.xgroup_create(key, self.group, id="0", mkstream=True)
+                created.append(kind)
             except redis.ResponseError as exc:
                 if not str(exc).startswith("BUSYGROUP"):
                     raise
+        if created and self._attached:
+            self.losses.group_vanished(created, self.lag)
+        self._attached = True
         self._cursor = {key: "0" for _, key in self.streams}
 
     def _has_group(self, key: str) -> bool:

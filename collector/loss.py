@@ -113,6 +113,24 @@ class LossBook:
             if len(page) < _PAGE:
                 return
 
+    def group_vanished(self, kinds: Sequence[StreamKind], last_unacked: dict[StreamKind, Optional[int]]) -> None:
+        """The group had to be made again: Redis lost its data (a restart without persistence) or
+        someone deleted it. What it held unread is gone with every counter Redis kept, so the
+        loss can only be bounded by the last heartbeat's count of unacked entries."""
+        for kind in kinds:
+            bound = last_unacked.get(kind)
+            log.error(
+                "redis_data_lost",
+                stream=kind,
+                group=self.group,
+                unacked_at_last_heartbeat=bound,
+                note="the consumer group was gone: Redis restarted without persistence or it was deleted; "
+                "entries it held unread are lost and cannot be counted exactly",
+                action="turn on Redis persistence (appendonly yes) so a restart keeps the streams",
+            )
+            if self._alert_engine is not None and bound:
+                self._alert_engine.observe_loss(kind, bound)
+
     def _start(self, totals: dict[StreamKind, int]) -> None:
         newest = self._redis.xrevrange(self.names.losses, count=1)
         self._cursor = _text(newest[0][0]) if newest else "0-0"

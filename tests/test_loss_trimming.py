@@ -90,8 +90,11 @@ class TestRedisRestartWithoutPersistence:
         """Finding 2, shortened (the full 10 x 20 s at 1,000/s runs by hand, see restart_scenario):
         the collector re-attaches within seconds and the emitters' cap is no longer within reach
         of their flushed backlog, so nothing is trimmed: 0 lost, 0 unaccounted."""
-        result = run_once(rate=400, outage=3.0, warmup=1.5, tail=2.0, binary=versioned_redis.binary)
+        result = run_once(
+            rate=400, outage=3.0, warmup=1.5, tail=2.0, binary=versioned_redis.binary, caught_up_before_outage=True
+        )
         assert result["unaccounted"] == 0 and result["lost"] == 0, result
+        assert "redis_data_lost" in result["reattach_log"], result  # the restart itself is never silent
         assert result["delivered"] + sum(result["dropped"].values()) == result["emitted"] > 1000, result
 
 
