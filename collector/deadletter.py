@@ -18,7 +18,9 @@ from emitters.streams import PAYLOAD_FIELD
 
 __all__ = ["Category", "DeadLetter", "dead_letter_fields", "single_payload"]
 
-Category = Literal["decode_error", "invalid", "too_large", "missing_field", "max_deliveries", "rejected"]
+Category = Literal[
+    "decode_error", "invalid", "out_of_range", "too_large", "missing_field", "max_deliveries", "rejected"
+]
 
 _PAYLOAD_KEY = PAYLOAD_FIELD.encode()
 # Field names are identifiers, not data: a longer one is kept only in part.

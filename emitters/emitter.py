@@ -51,6 +51,7 @@ from emitters.events import (
     TokenGenerated,
     decode,
 )
+from emitters.policy import out_of_range
 from emitters.fingerprint import error_type_name, fingerprint, fingerprint_exception, format_stack, message_template
 from emitters.streams import (
     DEFAULT_ERRORS_MAXLEN,
@@ -477,6 +478,9 @@ class Emitter:
         # convert validates every caller-supplied field against the contract and
         # builds the struct in one pass; a ValidationError names the field and rule.
         event = msgspec.convert(typed, _WIRE_STRUCTS[cls])
+        out_of_range_reason = out_of_range(event, _time_ns())  # the data policy (issue #16)
+        if out_of_range_reason is not None:
+            raise msgspec.ValidationError(out_of_range_reason)
         payload = self._encoder.encode(event)
         if self.strict:
             decode(payload)  # the full contract, trusted fields included

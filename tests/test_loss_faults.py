@@ -8,12 +8,15 @@ JSONL files, in the dead letters, or counted lost, exactly once.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 import redis
 
 from collector.embedded import RedisProcess
+from emitters import Emitter
 from emitters.events import encode
 from tests.support.loss_entries import deeply_nested
 from tests.test_daemon import GROUP, NAMES, custom_event, dead_letters, jsonl_ids, pending_count
@@ -103,3 +106,48 @@ class TestRedisRefusesWrites:
         assert set(files) == {event.id for event in valid} and max(files.values()) == 1
         assert len(files) + len(dead_letters(client)) == emitted
         client.close()
+
+
+class TestDataPolicy:
+    def test_out_of_range_values_are_dead_lettered_by_the_collector_and_counted_by_the_emitter(
+        self, redis_url: str, redis_client: redis.Redis, tmp_path: Path, collectors: list[CollectorProcess]
+    ) -> None:
+        """Finding 7: NaN/inf attrs and ts 0, 2**64-1, year 2200 or in seconds used to be written
+        (NaN as null). Now the collector dead-letters each with the reason, the valid neighbours
+        reach the files, and an emitter counts the same events as invalid instead of sending them."""
+        now = time.time_ns()
+        refused = {
+            "nan": replace(custom_event(1), attrs={"x": float("nan")}),
+            "inf": replace(custom_event(2), attrs={"x": float("-inf")}),
+            "ts 0": replace(custom_event(3), ts=0),
+            "ts 2**64-1": replace(custom_event(4), ts=2**64 - 1),
+            "year 2200": replace(custom_event(5), ts=7_258_118_400 * 10**9),
+            "seconds": replace(custom_event(6), ts=now // 10**9),
+        }
+        valid = [custom_event(n) for n in range(10, 14)]
+        pipe = redis_client.pipeline(transaction=False)
+        for event in [valid[0], *refused.values(), *valid[1:]]:
+            pipe.xadd(NAMES.events, {"event": encode(event)})
+        pipe.execute()
+
+        collector = launch(collectors, tmp_path, redis_url)
+        collector.wait_ready()
+        wait_for(lambda: pending_count(redis_client) == 0 and len(dead_letters(redis_client)) == 6, 30, "delivery")
+        files = jsonl_ids(collector.jsonl_dir)
+        assert set(files) == {event.id for event in valid}
+        reasons = sorted(letter[b"reason"].decode() for letter in dead_letters(redis_client))
+        assert all(reason.startswith("out_of_range: ") for reason in reasons), reasons
+        assert sum("not a finite number - at `$.attrs.x`" in reason for reason in reasons) == 2
+        assert sum("at `$.ts`" in reason for reason in reasons) == 4
+        assert len(files) + len(dead_letters(redis_client)) == len(valid) + len(refused)
+
+        emitter = Emitter("policy-test", redis_url, hash_secret="t")
+        emitter.event("job.created", x=float("nan"))
+        emitter.event("job.created", x=float("inf"))
+        emitter.event("job.created", ts=now // 10**9)
+        emitter.event("job.created", ts=7_258_118_400 * 10**9)
+        emitter.event("job.created", x=1.5)
+        assert emitter.flush(10)
+        stats = emitter.stats()
+        emitter.close()
+        assert stats["sent"] == 1 and stats["dropped"]["invalid"] == 4
