@@ -40,6 +40,7 @@ import structlog
 from collector.config import Config
 from collector.consumer import RawEntry, decode_entries
 from collector.deadletter import DeadLetter, dead_letter_fields
+from collector.keepalive import KeepAlive
 from collector.loss import LossBook
 from collector.records import Record, StreamKind, parse_id
 from collector.redisconn import connect, redact_url
@@ -228,6 +229,7 @@ class Collector:
         self._lag_unsupported = False
         self._redis_down = False
         self._refusal: Optional[str] = None
+        self._keepalive = KeepAlive(settings.heartbeat_interval, self._beat_while_blocked, self._sink_stalled)
         self._attached = False  # the group was there (or made) once: missing later means Redis lost it
         self._refusal_backoff = Backoff(0.1, min(settings.max_backoff, _REATTACH_CAP))
         # Claiming runs often enough that an idle entry waits at most ~1.5x claim_idle.
@@ -377,6 +379,7 @@ class Collector:
                 log.error("sink_close_failed", sink=sink.name, error=str(exc))
         if self.alert_engine is not None:
             self.alert_engine.close()
+        self._keepalive.close()
         if not self._redis_down:  # otherwise a connect timeout would eat into the deadline; it expires anyway
             try:
                 self._redis.delete(self.names.heartbeat(self.consumer))
@@ -585,7 +588,8 @@ class Collector:
             backoff = Backoff(0.1, self.settings.max_backoff)
             while True:
                 try:
-                    sink.write(batch.records)
+                    with self._keepalive.blocked(sink.name):
+                        sink.write(batch.records)
                 except SinkUnavailable as exc:
                     delay = max(backoff.next(), exc.retry_after or 0.0)
                     self._set_status(BACKPRESSURE)
@@ -698,7 +702,8 @@ class Collector:
             due["watchdog"] = now + self.notifier.watchdog_interval  # type: ignore[operator]
         if now >= due["heartbeat"]:
             due["heartbeat"] = now + self.settings.heartbeat_interval
-            self._guarded(self._heartbeat, quiet=not reading)
+            with self._keepalive.lock:
+                self._guarded(self._heartbeat, quiet=not reading)
         if now >= due["stats"]:
             due["stats"] = now + self.settings.stats_interval
             log.info("collector_stats", status=self.status, lag=dict(self.lag), **self.counters.as_dict())
@@ -710,6 +715,16 @@ class Collector:
             due["trim"] = now + self.settings.trim_interval
             self._guarded(self._trim, quiet=False)
             self._guarded(self._remove_idle_consumers, quiet=False)
+
+    def _sink_stalled(self, sink: str) -> None:
+        log.warning("sink_slow", sink=sink, blocked_s=self.settings.heartbeat_interval, note="beating meanwhile")
+        self._set_status(BACKPRESSURE)
+
+    def _beat_while_blocked(self) -> None:
+        """From the keepalive thread, while a sink call holds the loop (see collector/keepalive.py)."""
+        self._guarded(self._heartbeat, quiet=True)
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()
 
     def _guarded(self, chore: Any, *, quiet: bool) -> None:
         """Inside a wait Redis may be the thing that is down: do not fail the wait on it.

@@ -8,7 +8,9 @@ JSONL files, in the dead letters, or counted lost, exactly once.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from typing import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,21 @@ from collector.embedded import RedisProcess
 from emitters import Emitter
 from emitters.events import encode
 from tests.support.loss_entries import deeply_nested
-from tests.test_daemon import GROUP, NAMES, custom_event, dead_letters, jsonl_ids, pending_count
+from collector.daemon import Collector
+from collector.records import Record
+from tests.test_daemon import (
+    GROUP,
+    NAMES,
+    FaultySink,
+    add_events,
+    custom_event,
+    dead_letters,
+    heartbeat,
+    jsonl_ids,
+    make_config,
+    pending_count,
+    running,
+)
 from tests.support.collector_process import CollectorProcess, collectors, launch  # noqa: F401  (fixture)
 from tests.test_tools_support import cli, wait_for
 
@@ -151,3 +167,33 @@ class TestDataPolicy:
         stats = emitter.stats()
         emitter.close()
         assert stats["sent"] == 1 and stats["dropped"]["invalid"] == 4
+
+
+class TestSlowExport:
+    def test_heartbeat_stays_fresh_and_says_backpressure_while_a_sink_call_hangs(
+        self, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+    ) -> None:
+        """Finding 7: an export hanging for 3 s (10 heartbeat intervals) once left the heartbeat
+        stale, so `health` said "no heartbeat"; now it keeps beating and reports backpressure."""
+        add_events(redis_client, [custom_event(n) for n in range(5)])
+        writing, release = threading.Event(), threading.Event()
+
+        def hang(batch: Sequence[Record]) -> None:
+            writing.set()
+            release.wait(3)
+
+        sink = FaultySink(hang)  # type: ignore[arg-type]
+        collector = Collector(make_config(redis_url, tmp_path, heartbeat_interval="300ms"), sinks=[sink])
+        with running(collector):
+            writing.wait(10)
+            first = float(wait_for(lambda: heartbeat(redis_client, collector).get("last_seen"), 10, "a heartbeat"))
+            beat = wait_for(
+                lambda: (b := heartbeat(redis_client, collector)) and float(b["last_seen"]) > first + 0.5 and b, 10,
+                "a heartbeat during the hang",
+            )
+            assert beat["status"] == "backpressure" and not release.is_set()
+            code, report = _health(redis_url)
+            assert code == 1 and any("backpressure" in reason for reason in report["reasons"]), report["reasons"]
+            release.set()
+            wait_for(lambda: pending_count(redis_client) == 0, 10, "acked after the hang")
+            wait_for(lambda: heartbeat(redis_client, collector)["status"] == "running", 10, "running again")
