@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Iterable, NamedTuple, Optional, Sequence
 
-from collector.deadletter import Category, DeadLetter, single_payload
+from collector.deadletter import Category, DeadLetter, replayed_payload, single_payload
 from collector.records import Record, StreamKind
 from emitters.events import DecodeError, ValidationError, decode
 from emitters.policy import out_of_range
@@ -49,6 +49,9 @@ def decode_entries(
             lost.append(entry_id)
             continue
         payload = single_payload(fields)
+        skip: tuple[str, ...] = ()
+        if payload is None and (replayed := replayed_payload(fields)) is not None:
+            payload, skip = replayed
         if payload is None:
             category, detail = describe_fields(fields)
             dead.append(DeadLetter(key, entry_id, category, detail, fields))
@@ -70,7 +73,7 @@ def decode_entries(
             else:
                 reason = out_of_range(event, now_ns)
                 if reason is None:
-                    records.append(Record(kind, entry_id.decode(), event, payload))
+                    records.append(Record(kind, entry_id.decode(), event, payload, skip))
                 else:
                     dead.append(DeadLetter(key, entry_id, "out_of_range", reason, fields))
     return Decoded(records, dead, lost, ids)

@@ -133,6 +133,8 @@ class _Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     ack: dict[str, list[bytes]] = field(default_factory=dict)
     accepted: set[int] = field(default_factory=set)  # indexes of sinks that took the records
+    # stream id -> (record, "sink: reason" of each sink that rejected it); dead letters once all sinks are done
+    rejections: dict[str, tuple[Record, list[str]]] = field(default_factory=dict)
     rejected: int = 0
     delivered: bool = False  # sinks done and alerts observed
 
@@ -589,7 +591,7 @@ class Collector:
             while True:
                 try:
                     with self._keepalive.blocked(sink.name):
-                        sink.write(batch.records)
+                        sink.write(_for_sink(sink, batch.records))
                 except SinkUnavailable as exc:
                     delay = max(backoff.next(), exc.retry_after or 0.0)
                     self._set_status(BACKPRESSURE)
@@ -605,23 +607,27 @@ class Collector:
                         action="fix the sink's credentials; entries stay pending in Redis meanwhile",
                     )
                 except SinkRejected as exc:
-                    letters = [self._rejected_letter(sink, exc.reason, record) for record in exc.records]
-                    batch.dead.extend(letters)
-                    batch.rejected += len(letters)
-                    log.warning("sink_rejected", sink=sink.name, reason=exc.reason, records=len(letters))
+                    for record in exc.records:
+                        batch.rejections.setdefault(record.stream_id, (record, []))[1].append(f"{sink.name}: {exc.reason}")
+                    batch.rejected = len(batch.rejections)
+                    log.warning("sink_rejected", sink=sink.name, reason=exc.reason, records=len(exc.records))
                     break
                 else:
                     break
                 self._pause(delay)
             batch.accepted.add(index)
+        batch.dead.extend(self._rejected_letter(record, reasons) for record, reasons in batch.rejections.values())
+        batch.rejections = {}
         if self.status in (BACKPRESSURE, PAUSED_AUTH):
             log.info("sinks_recovered")
             self._set_status(STOPPING if self._stop_noticed else RUNNING)
 
-    def _rejected_letter(self, sink: Sink, reason: str, record: Record) -> DeadLetter:
+    def _rejected_letter(self, record: Record, reasons: list[str]) -> DeadLetter:
         key = self.names.errors if record.stream == "errors" else self.names.events
-        detail = f"{sink.name}: {reason}"
-        return DeadLetter(key, record.stream_id.encode(), "rejected", detail, [_PAYLOAD_KEY, record.raw])
+        refused = {reason.split(":", 1)[0] for reason in reasons}
+        accepted = tuple(sink.name for sink in self.sinks if sink.name not in refused)
+        fields = [_PAYLOAD_KEY, record.raw]
+        return DeadLetter(key, record.stream_id.encode(), "rejected", "; ".join(reasons), fields, accepted)
 
     def _write_dead_letters(self, batch: _Batch) -> None:
         now_ms = int(time.time() * 1000)
@@ -881,6 +887,13 @@ class Collector:
             f"{self.status}: read {counters.read}, written {counters.written}, "
             f"dead-lettered {counters.dead_lettered}, claimed {counters.claimed}"
         )
+
+
+def _for_sink(sink: Sink, records: list[Record]) -> list[Record]:
+    """The records ``sink`` has not accepted before (replayed dead letters name the ones that had)."""
+    if not any(record.skip for record in records):
+        return records
+    return [record for record in records if sink.name not in record.skip]
 
 
 def _text(value: bytes | str | None) -> Optional[str]:

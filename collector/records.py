@@ -23,6 +23,7 @@ class Record(msgspec.Struct, frozen=True):
     stream_id: str
     event: Event
     raw: bytes
+    skip: tuple[str, ...] = ()  # sinks that already accepted it (a dead letter replayed to the others)
 
 
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
 
 # The single stream field that holds the msgpack-encoded event.
 PAYLOAD_FIELD = "event"
+# Only on entries `dlq replay` puts back: the sinks (comma-separated names) that already
+# accepted the event, so collectors hand it to the others only.
+SKIP_SINKS_FIELD = "skip_sinks"
 
 
 class StreamNames(NamedTuple):

@@ -37,7 +37,8 @@ from tests.test_daemon import (
     running,
 )
 from tests.support.collector_process import CollectorProcess, collectors, launch  # noqa: F401  (fixture)
-from tests.test_tools_support import cli, wait_for
+from collector.sinks.jsonl import JsonlSink
+from tests.test_tools_support import SwitchableRejectSink, cli, running_collector, wait_for
 
 
 def _health(url: str) -> tuple[int, dict]:
@@ -197,3 +198,29 @@ class TestSlowExport:
             release.set()
             wait_for(lambda: pending_count(redis_client) == 0, 10, "acked after the hang")
             wait_for(lambda: heartbeat(redis_client, collector)["status"] == "running", 10, "running again")
+
+
+class TestReplayToTheOtherSinks:
+    def test_rejected_letter_records_who_accepted_and_replay_goes_to_the_others_only(
+        self, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+    ) -> None:
+        """Finding 7: events an OTLP-like backend rejected sat in JSONL and in the dead letters, and
+        a replay would have duplicated them in JSONL. Now the letter names the sinks that accepted
+        it, and the replayed entry reaches only the one that had refused."""
+        files = JsonlSink(tmp_path / "files", max_bytes=1 << 20, retention_days=None)
+        backend = SwitchableRejectSink(tmp_path / "backend")
+        backend.rejecting.set()
+        with running_collector(redis_url, tmp_path, sinks=[files, backend]) as collector:
+            events = [custom_event(n) for n in range(3)]
+            add_events(redis_client, events)
+            wait_for(lambda: len(dead_letters(redis_client)) == 3 and pending_count(redis_client) == 0, 20, "rejected")
+            assert {letter[b"accepted_by"] for letter in dead_letters(redis_client)} == {b"jsonl"}
+            assert collector.counters.written == 0
+            backend.rejecting.clear()
+            result = cli("dlq", "replay", "--all", "--redis-url", redis_url, "--json")
+            assert result.exit_code == 0 and len(json.loads(result.stdout)["replayed"]) == 3
+            wait_for(lambda: len(jsonl_ids(tmp_path / "backend")) == 3 and pending_count(redis_client) == 0, 20, "replay")
+        ids = {event.id for event in events}
+        assert jsonl_ids(tmp_path / "files") == {event_id: 1 for event_id in ids}  # not duplicated by the replay
+        assert jsonl_ids(tmp_path / "backend") == {event_id: 1 for event_id in ids}
+        assert not dead_letters(redis_client)

@@ -73,6 +73,7 @@ def run_once(
     collector_args: tuple[str, ...] = (),
     settle_timeout: float = 120.0,
     caught_up_before_outage: bool = False,
+    keep_log: Optional[Path] = None,
 ) -> dict[str, Any]:
     """One run; returns the tally.
 
@@ -126,7 +127,10 @@ def run_once(
             collector.wait(60)
             server.close()
         delivered = len(jsonl_event_ids(jsonl))
-        logs = [json.loads(line) for line in (work / "collector.log").read_text().splitlines() if line.startswith("{")]
+        log_text = (work / "collector.log").read_text()
+        logs = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+        if keep_log is not None:
+            keep_log.write_text(log_text)
         reattached = [
             entry for entry in logs if entry.get("event") in ("redis_reconnected", "consumer_group_missing", "redis_data_lost")
         ]
@@ -171,10 +175,12 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="events per second")
     parser.add_argument("--outage", type=float, default=20.0, help="seconds Redis stays down")
     parser.add_argument("--redis-server", default=None, help="binary (default: the newest found)")
+    parser.add_argument("--keep-logs", default=None, help="directory for each run's collector log")
     args = parser.parse_args()
     results = []
     for index in range(args.runs):
-        result = run_once(rate=args.rate, outage=args.outage, binary=args.redis_server)
+        keep = Path(args.keep_logs) / f"collector-run{index + 1}.log" if args.keep_logs else None
+        result = run_once(rate=args.rate, outage=args.outage, binary=args.redis_server, keep_log=keep)
         results.append(result)
         print(json.dumps({"run": index + 1, **result}), flush=True)
     print(json.dumps({"runs": len(results), "unaccounted_total": sum(r["unaccounted"] for r in results),
