@@ -99,6 +99,7 @@ def run_once(
         emitter = Emitter("restart-scenario", server.url, hash_secret="scenario")
         pacer = Pacer(emitter, rate)
         try:
+            _wait_logged(work / "collector.log", "collector_ready", 60)  # a loaded machine starts it slowly
             pacer.start()
             time.sleep(warmup)
             if caught_up_before_outage:
@@ -147,6 +148,14 @@ def run_once(
             "reattach_log": [entry["event"] for entry in reattached],
             "seconds_after_restart": round(time.monotonic() - restarted, 1),
         }
+
+
+def _wait_logged(path: Path, event: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while f'"event": "{event}"' not in path.read_text():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"collector did not log {event} within {timeout}s: {path.read_text()[-2000:]}")
+        time.sleep(0.05)
 
 
 def _wait_caught_up(server: RedisProcess, timeout: float) -> None:
