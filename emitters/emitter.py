@@ -51,8 +51,8 @@ from emitters.events import (
     TokenGenerated,
     decode,
 )
-from emitters.policy import out_of_range
 from emitters.fingerprint import error_type_name, fingerprint, fingerprint_exception, format_stack, message_template
+from emitters.policy import out_of_range
 from emitters.streams import (
     DEFAULT_ERRORS_MAXLEN,
     DEFAULT_EVENTS_MAXLEN,
@@ -135,7 +135,6 @@ def check_id(name: str, value: Any) -> None:
 _current_scope = _context._scope.get
 _random_bits = random.getrandbits
 _time_ns = time.time_ns
-
 
 
 class _TooLarge(ValueError):

@@ -23,6 +23,7 @@ from emitters.events import encode
 from tests.support.loss_entries import deeply_nested
 from collector.daemon import Collector
 from collector.records import Record
+from collector.refusals import refusal
 from tests.test_daemon import (
     GROUP,
     NAMES,
@@ -224,3 +225,21 @@ class TestReplayToTheOtherSinks:
         assert jsonl_ids(tmp_path / "files") == {event_id: 1 for event_id in ids}  # not duplicated by the replay
         assert jsonl_ids(tmp_path / "backend") == {event_id: 1 for event_id in ids}
         assert not dead_letters(redis_client)
+
+
+class TestRefusalKinds:
+    @pytest.mark.parametrize(
+        ("error", "code"),
+        [
+            (redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "OOM"),
+            (redis.exceptions.ReadOnlyError("You can't write against a read only replica."), "READONLY"),
+            (redis.exceptions.NoPermissionError("this user has no permissions to run the 'xadd' command"), "NOPERM"),
+            (redis.ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's unable to"), "MISCONF"),
+            (redis.ResponseError("NOREPLICAS Not enough good replicas to write."), "NOREPLICAS"),
+            (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), None),
+            (redis.ResponseError("NOGROUP No such key 'telemetry:events'"), None),
+        ],
+    )
+    def test_refusals_are_told_apart_from_other_errors(self, error: redis.ResponseError, code: str) -> None:
+        """The four refusals the issue names (and NOREPLICAS) wait; any other error reply is not one."""
+        assert refusal(error) == code
