@@ -486,9 +486,17 @@ class Collector:
         if not history:
             until_due = min(self._due.values()) - time.monotonic()
             block = max(1, min(self.settings.block_ms, int(until_due * 1000)))
-        reply = self._redis.xreadgroup(
-            self.group, self.consumer, dict(self._cursor), count=self.settings.batch_size, block=block
-        )
+        if self.losses.gap_checks and not history:
+            # Same round trip: count what someone trimmed unread before this read steps past it.
+            pipe = self._redis.pipeline(transaction=False)
+            for _, key in self.streams:
+                self.losses.close_gap(key, pipe)
+            pipe.xreadgroup(self.group, self.consumer, dict(self._cursor), count=self.settings.batch_size, block=block)
+            reply = pipe.execute()[-1]
+        else:
+            reply = self._redis.xreadgroup(
+                self.group, self.consumer, dict(self._cursor), count=self.settings.batch_size, block=block
+            )
         # RESP3 (redis-py's default) answers with a map, RESP2 with a list of pairs.
         pairs = reply.items() if isinstance(reply, dict) else reply or ()
         replied = {_text(key): entries for key, entries in pairs}
@@ -801,6 +809,7 @@ class Collector:
                     log.info("lag_estimated", note="Redis 6.2 reports no group lag: the stream length bounds it")
                 unacked = int(length)
             else:
+                self.losses.gap_checks = True  # Redis 7+: the counters a gap is counted by exist
                 lag = mine["lag"]
                 # Redis cannot count the lag once entries past the group's position were deleted
                 # (trimmed before delivery): then the whole stream may be unread.

@@ -13,6 +13,13 @@ Who counts what, on Redis 6.2 and 7.x alike:
   pending list, without fields (6.2 and 7.x) or in XAUTOCLAIM's deleted list
   (7.x), and :meth:`LossBook.record` counts it then, once (it is acked or
   dropped from the pending list in the same step).
+- Anyone else trimming unread entries (an operator's XTRIM, an emitter of an
+  older release with its ``MAXLEN ~``) leaves a gap between the group's
+  ``last-delivered-id`` and the stream's first entry; Redis 7 then reports the
+  group's lag as nil. :meth:`LossBook.close_gap` counts the gap exactly from
+  ``entries-added - entries-read - length`` and moves the group past it, in one
+  script. Redis 6.2 keeps no such counters: there only the emitters' own
+  trimming is counted.
 - The collector's own trimming never removes what a group has not acked.
 
 Counts live in the ``{prefix}:accounting`` hash (``lost:{kind}:{group}``,
@@ -38,6 +45,52 @@ if TYPE_CHECKING:
 __all__ = ["LossBook", "NO_GROUP"]
 
 log = structlog.get_logger("collector.loss")
+
+# KEYS: stream, accounting hash, losses stream. ARGV: group, kind. Redis 7+ only (XINFO counters).
+# Returns the entries counted lost (0 when the group's position meets the stream's head).
+_CLOSE_GAP = """
+local function field(reply, name)
+  for i = 1, #reply, 2 do
+    if reply[i] == name then return reply[i + 1] end
+  end
+end
+local function after(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, bm = tonumber(am), tonumber(bm)
+  return am > bm or (am == bm and tonumber(as) > tonumber(bs))
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local added, length, first = field(info, 'entries-added'), field(info, 'length'), field(info, 'first-entry')
+local mine
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  if field(group, 'name') == ARGV[1] then mine = group end
+end
+if not added or not mine then return 0 end
+local read, delivered = field(mine, 'entries-read'), field(mine, 'last-delivered-id')
+if type(read) ~= 'number' then
+  if delivered ~= '0-0' then return 0 end
+  read = 0  -- a group made at 0 that has read nothing yet
+end
+local head = first and first[1] or field(info, 'last-generated-id')
+if not after(head, delivered) then return 0 end
+local lost = added - read - length
+if lost <= 0 then return 0 end
+local target = field(info, 'last-generated-id')
+if first then
+  local ms, seq = string.match(first[1], '(%d+)-(%d+)')
+  if tonumber(seq) > 0 then
+    target = ms .. '-' .. string.format('%d', tonumber(seq) - 1)
+  else
+    target = string.format('%d', tonumber(ms) - 1) .. '-18446744073709551615'
+  end
+end
+redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], target, 'ENTRIESREAD', added - length)
+redis.call('HINCRBY', KEYS[2], 'lost:' .. ARGV[2] .. ':' .. ARGV[1], lost)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'stream', KEYS[1], 'group', ARGV[1], 'count', lost,
+  'first_id', delivered, 'last_id', target, 'by', 'trimmed-unread')
+return lost
+"""
 
 # The group a loss is booked to when the stream had no consumer group at all.
 NO_GROUP = "-"
@@ -68,6 +121,20 @@ class LossBook:
         self._cursor: Optional[str] = None  # last loss record seen; None until the first poll
         self.caps: dict[StreamKind, int] = {}  # the caps the emitters really use, as they recorded them
         self.totals: dict[StreamKind, int] = {"events": 0, "errors": 0}
+        self._close_gap = client.register_script(_CLOSE_GAP)
+        self.gap_checks = False  # set once the server shows Redis 7's group counters
+
+    def close_gap(self, key: str, pipe: redis.client.Pipeline) -> None:
+        """Queue on ``pipe`` the count of unread entries someone trimmed, stepping the group over them.
+
+        Redis 7+ (see above); the daemon queues it before each read of new entries, since
+        once the group reads past the gap Redis's counters no longer show it. The loss
+        record's ``first_id`` is the group's position before (exclusive).
+        """
+        kind = self._kind_of(key)
+        if kind is not None:
+            self._close_gap(keys=[key, self.names.accounting, self.names.losses],
+                            args=[self.group, kind, LOSSES_MAXLEN], client=pipe)  # fmt: skip
 
     def record(self, key: str, ids: Sequence[bytes], source: str) -> None:
         """Book entries of stream ``key`` found deleted before this group acked them."""

@@ -64,8 +64,9 @@ _GUARD_CHUNK = 5_000
 #
 # Over its cap a stream loses its oldest entries, but never silently: the script trims
 # exactly, and before it does, counts for each consumer group the doomed entries the
-# group never read (after its last-delivered-id). Counts go to `lost:{kind}:{group}` in
-# the accounting hash and one record per range to the losses stream. Redis 6.2 and 7.x alike.
+# group never read (after its last-delivered-id), and moves the group past them. Counts go
+# to `lost:{kind}:{group}` in the accounting hash and one record per range to the losses
+# stream. Redis 6.2 and 7.x alike.
 # Doomed entries a consumer has read but not acked are not lost yet: it holds them and
 # acks them once written. Only if it dies do they come back, deleted, to the consumer that
 # claims them, and that collector counts them (collector/loss.py).
@@ -89,15 +90,37 @@ local function guard(key, kind, excess)
     record(key, kind, '-', #doomed, first, last)
   end
   for _, info in ipairs(groups) do
-    local name, delivered
+    local name, delivered, read
     for j = 1, #info, 2 do
-      if info[j] == 'name' then name = info[j + 1] elseif info[j] == 'last-delivered-id' then delivered = info[j + 1] end
+      local field = info[j]
+      if field == 'name' then
+        name = info[j + 1]
+      elseif field == 'last-delivered-id' then
+        delivered = info[j + 1]
+      elseif field == 'entries-read' then
+        read = info[j + 1]
+      end
     end
-    local lost = 0
+    local lost, from = 0, nil
     for _, entry in ipairs(doomed) do
-      if after(entry[1], delivered) then lost = lost + 1 end
+      if after(entry[1], delivered) then
+        lost = lost + 1
+        from = from or entry[1]
+      end
     end
-    if lost > 0 then record(key, kind, name, lost, first, last) end
+    if type(read) ~= 'number' and delivered == '0-0' then
+      read = 0  -- made at 0, has read nothing yet
+    end
+    if lost > 0 then
+      record(key, kind, name, lost, from, last)
+      -- The group moves past what it lost: Redis 7 can count its lag again, and the
+      -- collectors' gap check (collector/loss.py) does not book these a second time.
+      if type(read) == 'number' then
+        redis.call('XGROUP', 'SETID', key, name, last, 'ENTRIESREAD', read + lost)
+      else
+        redis.call('XGROUP', 'SETID', key, name, last)
+      end
+    end
   end
   local ms, seq = string.match(last, '(%d+)-(%d+)')
   redis.call('XTRIM', key, 'MINID', ms .. '-' .. string.format('%d', tonumber(seq) + 1))

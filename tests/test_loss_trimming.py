@@ -21,7 +21,7 @@ from tests.alerts_support import stream_alerts
 from tests.support.restart_scenario import run_once
 from tests.support.collector_process import CollectorProcess, collectors, launch  # noqa: F401  (fixture)
 from tests.support.redis_versions import versioned_redis  # noqa: F401  (fixture)
-from tests.test_daemon import GROUP, NAMES, dead_letters, jsonl_ids, pending_count
+from tests.test_daemon import GROUP, NAMES, add_events, custom_event, dead_letters, jsonl_ids, pending_count
 from tests.test_tools_support import cli, wait_for
 
 
@@ -131,3 +131,27 @@ def _all_read(client: redis.Redis) -> bool:
     (group,) = client.xinfo_groups(NAMES.events)
     last = client.xrevrange(NAMES.events, count=1)
     return bool(last) and group["last-delivered-id"] == last[0][0]
+
+
+class TestTrimmedByOthers:
+    def test_operator_trim_of_unread_entries_is_counted_from_redis7_counters(
+        self, redis_url: str, redis_client: redis.Redis, tmp_path: Path, collectors: list[CollectorProcess]
+    ) -> None:
+        """Unread entries trimmed by someone else (an operator's XTRIM, an emitter of an older release)
+        leave a gap Redis 7 reports as a nil lag: the collector counts it exactly from entries-added,
+        entries-read and the length, and steps its group over it, within one heartbeat."""
+        collector = launch(collectors, tmp_path, redis_url)
+        collector.wait_ready()
+        collector.signal(signal.SIGSTOP)
+        wait_for(collector.stopped, 10, "collector stopped")
+        emitted = 3000
+        add_events(redis_client, [custom_event(n) for n in range(emitted)])
+        redis_client.xtrim(NAMES.events, maxlen=1000, approximate=False)
+        collector.signal(signal.SIGCONT)
+        wait_for(lambda: lost_total(redis_client) + len(jsonl_ids(collector.jsonl_dir)) == emitted, 30, "balanced")
+        wait_for(lambda: pending_count(redis_client) == 0, 30, "acked")
+        (logged,) = wait_for(lambda: collector.logged("entries_lost"), 30, "loss log")
+        assert logged["by"] == "trimmed-unread" and logged["count"] == lost_total(redis_client) >= 1500
+        assert len(jsonl_ids(collector.jsonl_dir)) + lost_total(redis_client) == emitted
+        (group,) = redis_client.xinfo_groups(NAMES.events)
+        assert group["lag"] == 0  # Redis counts the group's lag again

@@ -38,7 +38,7 @@ EMITTER_RULES = (
     # over the cap, the exact trim and its loss accounting (issue #16).
     "resetkeys ~telemetry:events ~telemetry:errors ~telemetry:events:batch:* ~telemetry:accounting ~telemetry:losses "
     "resetchannels &telemetry:live "
-    "-@all +ping +evalsha +script|load +xadd +set +publish +xlen +xrange +xtrim +xinfo|groups +hset +hincrby"
+    "-@all +ping +evalsha +script|load +xadd +set +publish +xlen +xrange +xtrim +xinfo|groups +xgroup|setid +hset +hincrby"
 )
 COLLECTOR_RULES = (
     "resetkeys ~telemetry:* resetchannels &telemetry:* -@all +ping +client|setname "
@@ -46,7 +46,7 @@ COLLECTOR_RULES = (
     "+xgroup|create +xgroup|delconsumer +xreadgroup +xautoclaim +xpending +xack +xadd +xlen +xtrim "
     "+xinfo|groups +xinfo|consumers +evalsha +script|load "
     # loss accounting: counters, the losses stream (read each heartbeat), booked in a transaction
-    "+xrange +multi +exec "
+    "+xrange +multi +exec +xinfo|stream +xgroup|setid +script|exists "
     # heartbeat hash
     "+hset +expire +del "
     # the alert engine's shared state (its scripts run these), when alerts are enabled
