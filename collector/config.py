@@ -32,6 +32,7 @@ from collector.alerts import config as alerts_config
 from collector.otlp import config as otlp_config
 from collector.otlp.config import OtlpConfig
 from collector.redisconn import redact_url
+from emitters.streams import DEFAULT_ERRORS_MAXLEN, DEFAULT_EVENTS_MAXLEN
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,8 +118,8 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     errors_retention: Duration = Duration(7 * 24 * 3600)
     trim_interval: PositiveDuration = PositiveDuration(300)
     # The MAXLEN the emitters trim each stream to; lag is judged against it (0: uncapped).
-    events_maxlen: Annotated[int, Meta(ge=0)] = 10_000
-    errors_maxlen: Annotated[int, Meta(ge=0)] = 50_000
+    events_maxlen: Annotated[int, Meta(ge=0)] = DEFAULT_EVENTS_MAXLEN
+    errors_maxlen: Annotated[int, Meta(ge=0)] = DEFAULT_ERRORS_MAXLEN
     lag_warn_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.8
     # Consumers idle longer than this with nothing pending leave the group; 0 keeps them.
     consumer_idle_timeout: Duration = Duration(3600)

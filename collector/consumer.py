@@ -6,11 +6,13 @@ Entries arrive as Redis sends them: ``[id, [name, value, ...]]``, or
 
 from __future__ import annotations
 
+import time
 from typing import Iterable, NamedTuple, Optional, Sequence
 
-from collector.deadletter import Category, DeadLetter, single_payload
+from collector.deadletter import Category, DeadLetter, replayed_payload, single_payload
 from collector.records import Record, StreamKind
 from emitters.events import DecodeError, ValidationError, decode
+from emitters.policy import out_of_range
 from emitters.streams import PAYLOAD_FIELD
 
 __all__ = ["Decoded", "decode_entries", "describe_fields"]
@@ -25,14 +27,21 @@ class Decoded(NamedTuple):
     ids: list[bytes]  # every id handled, to be acked once the batch is done
 
 
-def decode_entries(kind: StreamKind, key: str, entries: Iterable[RawEntry], *, max_size: int) -> Decoded:
-    """Decode and validate ``entries`` of stream ``key``; bad ones become dead letters."""
+def decode_entries(
+    kind: StreamKind, key: str, entries: Iterable[RawEntry], *, max_size: int, now_ns: Optional[int] = None
+) -> Decoded:
+    """Decode and validate ``entries`` of stream ``key``; bad ones become dead letters.
+
+    Events the data policy refuses (:func:`emitters.policy.out_of_range`, judged
+    against ``now_ns``, default the clock) are dead letters too.
+    """
+    now_ns = time.time_ns() if now_ns is None else now_ns
     records: list[Record] = []
     dead: list[DeadLetter] = []
     lost: list[bytes] = []
     ids: list[bytes] = []
     for entry in entries:
-        if entry is None:  # Redis 6.2 XAUTOCLAIM: deleted, and already gone from the PEL
+        if entry is None:  # Redis 6.2 XAUTOCLAIM: deleted; the daemon rereads its pending list for the id
             continue
         entry_id, fields = entry
         ids.append(entry_id)
@@ -40,6 +49,9 @@ def decode_entries(kind: StreamKind, key: str, entries: Iterable[RawEntry], *, m
             lost.append(entry_id)
             continue
         payload = single_payload(fields)
+        skip: tuple[str, ...] = ()
+        if payload is None and (replayed := replayed_payload(fields)) is not None:
+            payload, skip = replayed
         if payload is None:
             category, detail = describe_fields(fields)
             dead.append(DeadLetter(key, entry_id, category, detail, fields))
@@ -53,8 +65,17 @@ def decode_entries(kind: StreamKind, key: str, entries: Iterable[RawEntry], *, m
                 dead.append(DeadLetter(key, entry_id, "invalid", str(exc), fields))
             except DecodeError as exc:
                 dead.append(DeadLetter(key, entry_id, "decode_error", str(exc), fields))
+            except RecursionError:
+                # msgspec bounds nesting by the interpreter's recursion limit; the contract's
+                # events are a few levels deep, so this entry alone is garbage.
+                detail = "nesting deeper than the decoder allows (valid events are a few levels deep)"
+                dead.append(DeadLetter(key, entry_id, "decode_error", detail, fields))
             else:
-                records.append(Record(kind, entry_id.decode(), event, payload))
+                reason = out_of_range(event, now_ns)
+                if reason is None:
+                    records.append(Record(kind, entry_id.decode(), event, payload, skip))
+                else:
+                    dead.append(DeadLetter(key, entry_id, "out_of_range", reason, fields))
     return Decoded(records, dead, lost, ids)
 
 

@@ -41,8 +41,11 @@ from collector.clientreports import record_client_reports
 from collector.config import Config
 from collector.consumer import RawEntry, decode_entries
 from collector.deadletter import DeadLetter, dead_letter_fields
-from collector.records import Record, StreamKind
+from collector.keepalive import KeepAlive
+from collector.loss import LossBook
+from collector.records import Record, StreamKind, parse_id
 from collector.redisconn import connect, redact_url
+from collector.refusals import REFUSAL_ACTIONS, refusal
 from collector.sdnotify import SystemdNotifier
 from collector.sinks import Sink, SinkAuthError, SinkError, SinkRejected, SinkUnavailable
 from collector.sinks.jsonl import JsonlSink
@@ -55,10 +58,11 @@ __all__ = ["Collector", "Backoff", "Counters", "build_sinks", "consumer_name", "
 
 log = structlog.get_logger("collector.daemon")
 
-Status = Literal["running", "backpressure", "paused_auth", "stopping"]
+Status = Literal["running", "backpressure", "paused_auth", "refused", "stopping"]
 RUNNING: Status = "running"
 BACKPRESSURE: Status = "backpressure"
 PAUSED_AUTH: Status = "paused_auth"
+REFUSED: Status = "refused"  # Redis answers writes with OOM, READONLY, NOPERM, MISCONF
 STOPPING: Status = "stopping"
 
 _PAYLOAD_KEY = PAYLOAD_FIELD.encode()
@@ -71,6 +75,12 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
 end
 return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
+# Past this share of the emitters' cap the collector trims every acked entry, whatever its age.
+_ACKED_TRIM_RATIO = 0.5
+# The collector's waits for Redis to come back (or accept writes again) stop growing here,
+# whatever max_backoff says: emitters flush their backlog within seconds of Redis returning,
+# and the group must be there to receive it.
+_REATTACH_CAP = 2.0
 # Dead-letter XADDs go out in pipelines of at most this many bytes.
 _DEAD_PIPELINE_BYTES = 8 * 1024 * 1024
 
@@ -78,12 +88,6 @@ _DEAD_PIPELINE_BYTES = 8 * 1024 * 1024
 def _raw(response: Any, **options: Any) -> Any:
     """Keep stream replies as Redis sent them: entries as flat field lists, no dicts."""
     return response
-
-
-def _parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class Backoff:
@@ -117,6 +121,7 @@ class Counters:
     lost: int = 0  # trimmed from the stream while pending: gone before we could read them
     reconnects: int = 0
     client_dropped: int = 0  # drops engines reported in client.report events (collector.clientreports)
+    refusals: int = 0  # writes Redis refused (OOM, READONLY, ...), each retried later
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -130,6 +135,8 @@ class _Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     ack: dict[str, list[bytes]] = field(default_factory=dict)
     accepted: set[int] = field(default_factory=set)  # indexes of sinks that took the records
+    # stream id -> (record, "sink: reason" of each sink that rejected it); dead letters once all sinks are done
+    rejections: dict[str, tuple[Record, list[str]]] = field(default_factory=dict)
     rejected: int = 0
     delivered: bool = False  # sinks done and alerts observed
 
@@ -231,6 +238,10 @@ class Collector:
         self._at_risk: set[StreamKind] = set()
         self._lag_unsupported = False
         self._redis_down = False
+        self._refusal: Optional[str] = None
+        self._keepalive = KeepAlive(settings.heartbeat_interval, self._beat_while_blocked, self._sink_stalled)
+        self._attached = False  # the group was there (or made) once: missing later means Redis lost it
+        self._refusal_backoff = Backoff(0.1, min(settings.max_backoff, _REATTACH_CAP))
         # Claiming runs often enough that an idle entry waits at most ~1.5x claim_idle.
         self._claim_every = min(max(settings.claim_idle / 2, 0.05), 30.0)
         now = time.monotonic()
@@ -252,6 +263,10 @@ class Collector:
         self._redis.set_response_callback("XREADGROUP", _raw)
         self._redis.set_response_callback("XAUTOCLAIM", _raw)
         self._delete_if_idle = self._redis.register_script(_DELETE_IF_IDLE)
+        self.losses = LossBook(
+            self._redis, self.names, self.group, kind_of={key: kind for kind, key in self.streams}.get,
+            alert_engine=alert_engine,
+        )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -301,10 +316,17 @@ class Collector:
                 if self._batch is not None:
                     self._deliver(self._batch)
                     self._batch = None
+                if self._refusal is not None:
+                    self._accepted_again()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if not self._reconnect(exc):
                     return
             except redis.ResponseError as exc:
+                code = refusal(exc)
+                if code is not None:
+                    if not self._refused(code, exc):
+                        return
+                    continue
                 if not str(exc).startswith("NOGROUP"):
                     raise
                 # The stream or the group vanished (a Redis without persistence restarted, or
@@ -313,6 +335,32 @@ class Collector:
                 self._ensure_groups()
             except _DeadlinePassed:
                 return
+
+    def _refused(self, code: str, error: Exception) -> bool:
+        """Redis refused a write: keep the batch, wait, retry; False when stopping ran out of time."""
+        delay = self._refusal_backoff.next()
+        if self._refusal != code:
+            log.error(
+                "redis_refused_write",
+                refusal=code,
+                error=str(error),
+                in_flight=self._batch.size() if self._batch else 0,
+                action=REFUSAL_ACTIONS[code] + "; entries stay pending in Redis meanwhile",
+            )
+        self._refusal = code
+        self.counters.refusals += 1
+        self._set_status(REFUSED)
+        try:
+            self._pause(delay)
+        except _DeadlinePassed:
+            return False
+        return True
+
+    def _accepted_again(self) -> None:
+        log.info("redis_accepting_writes", refusal=self._refusal, refusals=self.counters.refusals)
+        self._refusal = None
+        self._refusal_backoff.reset()
+        self._set_status(STOPPING if self._stop_noticed else RUNNING)
 
     def _notice_stop(self) -> None:
         if self._stop_noticed:
@@ -341,6 +389,7 @@ class Collector:
                 log.error("sink_close_failed", sink=sink.name, error=str(exc))
         if self.alert_engine is not None:
             self.alert_engine.close()
+        self._keepalive.close()
         if not self._redis_down:  # otherwise a connect timeout would eat into the deadline; it expires anyway
             try:
                 self._redis.delete(self.names.heartbeat(self.consumer))
@@ -357,16 +406,32 @@ class Collector:
         A new group starts at ``0``: events emitted before the first collector
         ever ran are delivered too. Reading restarts at our own pending list.
         """
-        for _, key in self.streams:
+        created: list[StreamKind] = []
+        for kind, key in self.streams:
+            if self._has_group(key):
+                continue  # no write needed: a Redis refusing writes (OOM, READONLY) can still serve us
             try:
                 self._redis.xgroup_create(key, self.group, id="0", mkstream=True)
+                created.append(kind)
             except redis.ResponseError as exc:
                 if not str(exc).startswith("BUSYGROUP"):
                     raise
+        if created and self._attached:
+            self.losses.group_vanished(created, self.lag)
+        self._attached = True
         self._cursor = {key: "0" for _, key in self.streams}
 
+    def _has_group(self, key: str) -> bool:
+        try:
+            groups = self._redis.xinfo_groups(key)
+        except redis.ResponseError as exc:
+            if "no such key" not in str(exc):
+                raise
+            return False
+        return any(_text(group["name"]) == self.group for group in groups)
+
     def _connect(self) -> bool:
-        backoff = Backoff(0.1, self.settings.max_backoff)
+        backoff = Backoff(0.1, min(self.settings.max_backoff, _REATTACH_CAP))
         while True:
             try:
                 self._ensure_groups()
@@ -379,13 +444,19 @@ class Collector:
                 delay = backoff.next()
                 log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 2))
                 self._stop.wait(delay)
+            except redis.ResponseError as exc:
+                code = refusal(exc)
+                if code is None:
+                    raise
+                if self._stop.is_set() or not self._refused(code, exc):
+                    return False
 
     def _reconnect(self, error: Exception) -> bool:
         """Wait for Redis with capped backoff; False when stopping ran out of time."""
         self.counters.reconnects += 1
         self._redis_down = True
         log.warning("redis_connection_lost", error=str(error), in_flight=self._batch.size() if self._batch else 0)
-        backoff = Backoff(0.1, self.settings.max_backoff)
+        backoff = Backoff(0.1, min(self.settings.max_backoff, _REATTACH_CAP))
         while True:
             try:
                 self._pause(backoff.next())
@@ -395,6 +466,11 @@ class Collector:
                 self._ensure_groups()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("redis_reconnect_failed", error=str(exc), attempt=backoff.attempts)
+                continue
+            except redis.ResponseError as exc:
+                if refusal(exc) is None:
+                    raise
+                log.warning("redis_reconnect_refused", error=str(exc), attempt=backoff.attempts)
                 continue
             self._redis_down = False
             log.info("redis_reconnected", attempts=backoff.attempts)
@@ -418,9 +494,17 @@ class Collector:
         if not history:
             until_due = min(self._due.values()) - time.monotonic()
             block = max(1, min(self.settings.block_ms, int(until_due * 1000)))
-        reply = self._redis.xreadgroup(
-            self.group, self.consumer, dict(self._cursor), count=self.settings.batch_size, block=block
-        )
+        if self.losses.gap_checks and not history:
+            # Same round trip: count what someone trimmed unread before this read steps past it.
+            pipe = self._redis.pipeline(transaction=False)
+            for _, key in self.streams:
+                self.losses.close_gap(key, pipe)
+            pipe.xreadgroup(self.group, self.consumer, dict(self._cursor), count=self.settings.batch_size, block=block)
+            reply = pipe.execute()[-1]
+        else:
+            reply = self._redis.xreadgroup(
+                self.group, self.consumer, dict(self._cursor), count=self.settings.batch_size, block=block
+            )
         # RESP3 (redis-py's default) answers with a map, RESP2 with a list of pairs.
         pairs = reply.items() if isinstance(reply, dict) else reply or ()
         replied = {_text(key): entries for key, entries in pairs}
@@ -454,8 +538,12 @@ class Collector:
             self._claim_cursor[key] = next_id
             more = more or next_id not in (b"0-0", "0-0")
             if deleted:  # Redis 7 already dropped these from the pending list
+                self.losses.record(key, deleted, "deleted-while-pending")
                 self.counters.lost += len(deleted)
-                log.warning("pending_entries_trimmed", stream=key, count=len(deleted), source="claim")
+            if any(entry is None for entry in entries):
+                # Redis 6.2 hands deleted entries over as nil, without their ids: they are in our
+                # pending list now, and reading it again brings their ids, without fields (lost).
+                self._cursor[key] = "0"
             entries = [entry for entry in entries if entry is not None]
             if not entries:
                 continue
@@ -493,14 +581,8 @@ class Collector:
         batch.dead.extend(decoded.dead)
         batch.ack.setdefault(key, []).extend(decoded.ids)
         if decoded.lost:
+            self.losses.record(key, decoded.lost, "deleted-while-pending")
             self.counters.lost += len(decoded.lost)
-            log.warning(
-                "pending_entries_trimmed",
-                stream=key,
-                count=len(decoded.lost),
-                first_id=decoded.lost[0].decode(),
-                note="trimmed by MAXLEN/XTRIM before they were delivered: lost",
-            )
 
     # -- delivering -------------------------------------------------------------------------------
 
@@ -525,7 +607,8 @@ class Collector:
             backoff = Backoff(0.1, self.settings.max_backoff)
             while True:
                 try:
-                    sink.write(batch.records)
+                    with self._keepalive.blocked(sink.name):
+                        sink.write(_for_sink(sink, batch.records))
                 except SinkUnavailable as exc:
                     delay = max(backoff.next(), exc.retry_after or 0.0)
                     self._set_status(BACKPRESSURE)
@@ -541,23 +624,27 @@ class Collector:
                         action="fix the sink's credentials; entries stay pending in Redis meanwhile",
                     )
                 except SinkRejected as exc:
-                    letters = [self._rejected_letter(sink, exc.reason, record) for record in exc.records]
-                    batch.dead.extend(letters)
-                    batch.rejected += len(letters)
-                    log.warning("sink_rejected", sink=sink.name, reason=exc.reason, records=len(letters))
+                    for record in exc.records:
+                        batch.rejections.setdefault(record.stream_id, (record, []))[1].append(f"{sink.name}: {exc.reason}")
+                    batch.rejected = len(batch.rejections)
+                    log.warning("sink_rejected", sink=sink.name, reason=exc.reason, records=len(exc.records))
                     break
                 else:
                     break
                 self._pause(delay)
             batch.accepted.add(index)
+        batch.dead.extend(self._rejected_letter(record, reasons) for record, reasons in batch.rejections.values())
+        batch.rejections = {}
         if self.status in (BACKPRESSURE, PAUSED_AUTH):
             log.info("sinks_recovered")
             self._set_status(STOPPING if self._stop_noticed else RUNNING)
 
-    def _rejected_letter(self, sink: Sink, reason: str, record: Record) -> DeadLetter:
+    def _rejected_letter(self, record: Record, reasons: list[str]) -> DeadLetter:
         key = self.names.errors if record.stream == "errors" else self.names.events
-        detail = f"{sink.name}: {reason}"
-        return DeadLetter(key, record.stream_id.encode(), "rejected", detail, [_PAYLOAD_KEY, record.raw])
+        refused = {reason.split(":", 1)[0] for reason in reasons}
+        accepted = tuple(sink.name for sink in self.sinks if sink.name not in refused)
+        fields = [_PAYLOAD_KEY, record.raw]
+        return DeadLetter(key, record.stream_id.encode(), "rejected", "; ".join(reasons), fields, accepted)
 
     def _write_dead_letters(self, batch: _Batch) -> None:
         now_ms = int(time.time() * 1000)
@@ -638,7 +725,8 @@ class Collector:
             due["watchdog"] = now + self.notifier.watchdog_interval  # type: ignore[operator]
         if now >= due["heartbeat"]:
             due["heartbeat"] = now + self.settings.heartbeat_interval
-            self._guarded(self._heartbeat, quiet=not reading)
+            with self._keepalive.lock:
+                self._guarded(self._heartbeat, quiet=not reading)
         if now >= due["stats"]:
             due["stats"] = now + self.settings.stats_interval
             log.info("collector_stats", status=self.status, lag=dict(self.lag), **self.counters.as_dict())
@@ -648,20 +736,39 @@ class Collector:
             self.alert_engine.tick(time.time())
         if reading and now >= due["trim"]:
             due["trim"] = now + self.settings.trim_interval
-            self._trim()
-            self._remove_idle_consumers()
+            self._guarded(self._trim, quiet=False)
+            self._guarded(self._remove_idle_consumers, quiet=False)
+
+    def _sink_stalled(self, sink: str) -> None:
+        log.warning("sink_slow", sink=sink, blocked_s=self.settings.heartbeat_interval, note="beating meanwhile")
+        self._set_status(BACKPRESSURE)
+
+    def _beat_while_blocked(self) -> None:
+        """From the keepalive thread, while a sink call holds the loop (see collector/keepalive.py)."""
+        self._guarded(self._heartbeat, quiet=True)
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()
 
     def _guarded(self, chore: Any, *, quiet: bool) -> None:
-        """Inside a wait Redis may be the thing that is down: do not fail the wait on it."""
-        if not quiet:
-            chore()
-            return
+        """Inside a wait Redis may be the thing that is down: do not fail the wait on it.
+
+        A refused write (a heartbeat under OOM) skips the chore in any case: the
+        delivery path meets the same refusal and reports it.
+        """
         try:
             chore()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if not quiet:
+                raise
             log.debug("housekeeping_skipped", chore=chore.__name__, error=str(exc))
+        except redis.ResponseError as exc:
+            code = refusal(exc)
+            if code is None:
+                raise
+            log.warning("housekeeping_refused", chore=chore.__name__, refusal=code, error=str(exc))
 
     def _heartbeat(self) -> None:
+        self.losses.poll()
         self._check_lag()
         key = self.names.heartbeat(self.consumer)
         fields: dict[str, Any] = {
@@ -672,8 +779,11 @@ class Collector:
             "started_at": round(self._started_at, 3),
             "last_seen": round(time.time(), 3),
             "status": self.status,
+            "refusal": self._refusal or "",
             **self.counters.as_dict(),
         }
+        for kind, lost in self.losses.totals.items():
+            fields[f"lost_{kind}_total"] = lost  # durable, the whole group's
         for kind, lag in self.lag.items():
             fields[f"lag_{kind}"] = -1 if lag is None else lag
         ttl = max(int(self.settings.heartbeat_interval * 3 + 0.999), 2)
@@ -697,20 +807,27 @@ class Collector:
             mine = next((g for g in groups if _text(g.get("name")) == self.group), None)
             if mine is None:
                 continue
-            if "lag" not in mine:  # Redis < 7 does not track it; the stream length would be a false alarm
+            cap = self.losses.caps.get(kind) or self._maxlen[kind]
+            if cap and length > cap * _ACKED_TRIM_RATIO:
+                self._due["trim"] = time.monotonic()  # acked entries go before the emitters' guard nears them
+            if "lag" not in mine:
+                # Redis 6.2 does not track lag. The stream length bounds it from above, and a
+                # close one: acked entries are trimmed whenever the stream passes half the cap.
                 if not self._lag_unsupported:
                     self._lag_unsupported = True
-                    log.info("lag_tracking_unavailable", note="Redis 7 or newer reports consumer group lag")
-                continue
-            lag = mine["lag"]
-            # Redis cannot count the lag once entries past the group's position were deleted
-            # (trimmed before delivery): then the whole stream may be unread.
-            unacked = int(mine.get("pending") or 0) + (int(lag) if lag is not None else int(length))
+                    log.info("lag_estimated", note="Redis 6.2 reports no group lag: the stream length bounds it")
+                unacked = int(length)
+            else:
+                self.losses.gap_checks = True  # Redis 7+: the counters a gap is counted by exist
+                lag = mine["lag"]
+                # Redis cannot count the lag once entries past the group's position were deleted
+                # (trimmed before delivery): then the whole stream may be unread.
+                unacked = int(mine.get("pending") or 0) + (int(lag) if lag is not None else int(length))
             self.lag[kind] = unacked
             self._judge_lag(kind, key, unacked)
 
     def _judge_lag(self, kind: StreamKind, key: str, unacked: int) -> None:
-        maxlen = self._maxlen[kind]
+        maxlen = self.losses.caps.get(kind) or self._maxlen[kind]
         if self.alert_engine is not None:
             self.alert_engine.observe_lag(kind, unacked, maxlen)
         if not maxlen:
@@ -730,14 +847,22 @@ class Collector:
         (self._at_risk.add if at_risk else self._at_risk.discard)(kind)
 
     def _trim(self) -> None:
-        """``XTRIM MINID ~`` by age, never past an entry some group has not acked or read."""
+        """``XTRIM MINID ~`` by age, never past an entry some group has not acked or read.
+
+        Past half the emitters' cap every acked entry goes, whatever its age: routine
+        trimming is ours, so their guard only ever meets entries nobody could deliver.
+        """
         now_ms = int(time.time() * 1000)
         for kind, key in self.streams:
             retention = self._retention[kind]
-            if retention <= 0:
-                continue
-            cutoff = (now_ms - int(retention * 1000), 0)
-            minid = min(cutoff, self._oldest_unprocessed(key))
+            cap = self.losses.caps.get(kind) or self._maxlen[kind]
+            length = self._redis.xlen(key)
+            crowded = bool(cap) and length > cap * _ACKED_TRIM_RATIO
+            if not length or (retention <= 0 and not crowded):
+                continue  # an empty stream may not even exist (a Redis restart): the next read recreates it
+            floor = self._oldest_unprocessed(key)
+            cutoff = (now_ms - int(retention * 1000), 0) if retention > 0 else (0, 0)
+            minid = floor if crowded else min(cutoff, floor)
             text = f"{minid[0]}-{minid[1]}"
             removed = self._redis.xtrim(key, minid=text, approximate=True)
             (log.info if removed else log.debug)(
@@ -747,12 +872,12 @@ class Collector:
     def _oldest_unprocessed(self, key: str) -> tuple[int, int]:
         floor = (2**63, 0)
         for group in self._redis.xinfo_groups(key):
-            last = _parse_id(group["last-delivered-id"])
+            last = parse_id(group["last-delivered-id"])
             floor = min(floor, (last[0], last[1] + 1))
             if group.get("pending"):
                 summary = self._redis.xpending(key, group["name"])
                 if summary.get("min"):
-                    floor = min(floor, _parse_id(summary["min"]))
+                    floor = min(floor, parse_id(summary["min"]))
         return floor
 
     def _remove_idle_consumers(self) -> None:
@@ -780,6 +905,13 @@ class Collector:
             f"{self.status}: read {counters.read}, written {counters.written}, "
             f"dead-lettered {counters.dead_lettered}, claimed {counters.claimed}"
         )
+
+
+def _for_sink(sink: Sink, records: list[Record]) -> list[Record]:
+    """The records ``sink`` has not accepted before (replayed dead letters name the ones that had)."""
+    if not any(record.skip for record in records):
+        return records
+    return [record for record in records if sink.name not in record.skip]
 
 
 def _text(value: bytes | str | None) -> Optional[str]:

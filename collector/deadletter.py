@@ -5,7 +5,9 @@ origin), ``id`` (origin entry id), ``payload`` (the original ``event`` bytes
 when the entry had exactly that one field), ``fields`` (a msgpack map of all
 original fields otherwise), ``size`` (original bytes), ``truncated`` ("1"
 when ``payload``/``fields`` were cut to the cap), ``dead_at`` (unix ms) and
-``consumer``. Pure functions only; the daemon does the XADD.
+``consumer``, and ``accepted_by`` (comma-separated names of the sinks that did
+accept the event, for ``rejected`` letters: a replay goes to the others only).
+Pure functions only; the daemon does the XADD.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from typing import Literal, NamedTuple, Sequence
 
 import msgspec
 
-from emitters.streams import PAYLOAD_FIELD
+from emitters.streams import PAYLOAD_FIELD, SKIP_SINKS_FIELD
 
-__all__ = ["Category", "DeadLetter", "dead_letter_fields", "single_payload"]
+__all__ = ["Category", "DeadLetter", "dead_letter_fields", "replayed_payload", "single_payload"]
 
-Category = Literal["decode_error", "invalid", "too_large", "missing_field", "max_deliveries", "rejected"]
+Category = Literal[
+    "decode_error", "invalid", "out_of_range", "too_large", "missing_field", "max_deliveries", "rejected"
+]
 
 _PAYLOAD_KEY = PAYLOAD_FIELD.encode()
+_SKIP_KEY = SKIP_SINKS_FIELD.encode()
 # Field names are identifiers, not data: a longer one is kept only in part.
 MAX_FIELD_NAME = 1024
 
@@ -33,6 +38,7 @@ class DeadLetter(NamedTuple):
     category: Category
     detail: str
     fields: Sequence[bytes]  # the original flat [name, value, name, value, ...]
+    accepted_by: tuple[str, ...] = ()  # sinks that did take it
 
     @property
     def reason(self) -> str:
@@ -43,6 +49,14 @@ def single_payload(fields: Sequence[bytes]) -> bytes | None:
     """The ``event`` value when it is the entry's one and only field."""
     if len(fields) == 2 and fields[0] == _PAYLOAD_KEY:
         return fields[1]
+    return None
+
+
+def replayed_payload(fields: Sequence[bytes]) -> tuple[bytes, tuple[str, ...]] | None:
+    """(``event`` value, sinks to skip) of an entry ``dlq replay`` put back, else None."""
+    if len(fields) == 4 and fields[0] == _PAYLOAD_KEY and fields[2] == _SKIP_KEY:
+        names = fields[3].decode(errors="replace")
+        return fields[1], tuple(name for name in names.split(",") if name)
     return None
 
 
@@ -57,6 +71,8 @@ def dead_letter_fields(
         "dead_at": str(now_ms),
         "consumer": consumer,
     }
+    if letter.accepted_by:
+        entry["accepted_by"] = ",".join(letter.accepted_by)
     payload = single_payload(letter.fields)
     if payload is not None:
         entry["payload"] = payload[:max_bytes]

@@ -23,3 +23,11 @@ class Record(msgspec.Struct, frozen=True):
     stream_id: str
     event: Event
     raw: bytes
+    skip: tuple[str, ...] = ()  # sinks that already accepted it (a dead letter replayed to the others)
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``1700000000000-3``) as a comparable (ms, seq) pair."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

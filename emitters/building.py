@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import reprlib
+import time
 from typing import Any, Optional
 
 import msgspec
@@ -34,6 +35,7 @@ from emitters.events import (
     decode,
 )
 from emitters.fingerprint import error_type_name, fingerprint, fingerprint_exception, format_stack, message_template
+from emitters.policy import out_of_range
 from emitters.privacy import Privacy
 from emitters.shipper import TO_ERRORS, TO_EVENTS, TO_LIVE, TO_REPORT
 from emitters.validation import ValidationError, check_id, explain, invalid, overflowing_field
@@ -98,6 +100,7 @@ def _trusting(cls: type) -> type:
 
 
 _WIRE_STRUCTS = {cls: _trusting(cls) for cls in _FIELDS}
+_time_ns = time.time_ns
 _random_bits = random.getrandbits
 
 
@@ -164,6 +167,9 @@ class EventBuilder:
             # convert validates every caller-supplied field against the contract and
             # builds the struct in one pass; a ValidationError names the field and rule.
             event = msgspec.convert(typed, _WIRE_STRUCTS[cls])
+            reason = out_of_range(event, _time_ns())  # the data policy, as the collector applies it
+            if reason is not None:
+                raise ValidationError(reason)
             payload = self._encoder.encode(event)
             if self._strict:
                 decode(payload)  # the full contract, trusted fields included

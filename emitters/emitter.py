@@ -45,7 +45,7 @@ from emitters.losses import Losses
 from emitters.privacy import Privacy, prompt_fields, resolve_secret
 from emitters.settings import check_settings
 from emitters.shipper import RedisShipper
-from emitters.streams import stream_names
+from emitters.streams import DEFAULT_ERRORS_MAXLEN, DEFAULT_EVENTS_MAXLEN, stream_names
 from emitters.validation import ValidationError, explain, invalid
 
 __all__ = ["Emitter", "DROP_REASONS", "TokenEvents"]
@@ -106,8 +106,8 @@ class Emitter:
         redis_url: str = "redis://localhost:6379/0",
         *,
         stream_prefix: str = "telemetry",
-        events_maxlen: int = 10_000,
-        errors_maxlen: int = 50_000,
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        errors_maxlen: int = DEFAULT_ERRORS_MAXLEN,
         buffer_size: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 0.01,

@@ -10,10 +10,9 @@ applied. That is what makes delivery exactly-once across hangs and restarts
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from emitters.streams import PAYLOAD_FIELD, StreamNames
+from emitters.streams import PAYLOAD_FIELD, SHIP_BATCH, SHIP_BATCH_SHA, StreamNames, ship_keys
 
 if TYPE_CHECKING:
     import redis
@@ -24,26 +23,8 @@ __all__ = ["RedisShipper", "ShipFailed", "RedisUnavailable", "RedisRefused", "TO
 # a client report goes to the events stream but is not one of the host's events.
 TO_EVENTS, TO_ERRORS, TO_LIVE, TO_REPORT = "e", "x", "l", "r"
 
-# KEYS: events stream, errors stream, batch token key.
-# ARGV: token ttl, events maxlen, errors maxlen, live channel, field, then (route, payload) pairs;
-# a live payload is a msgpack array of encoded events (see streams.decode_live).
-_SHIP_BATCH = """
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then
-  return -1
-end
-for i = 6, #ARGV, 2 do
-  local route = ARGV[i]
-  if route == 'e' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[5], ARGV[i + 1])
-  elseif route == 'x' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', ARGV[5], ARGV[i + 1])
-  else
-    redis.call('PUBLISH', ARGV[4], ARGV[i + 1])
-  end
-end
-return 1
-"""
-_SHIP_BATCH_SHA = hashlib.sha1(_SHIP_BATCH.encode()).hexdigest()
+# The batch script and its keys live with the stream layout (emitters.streams): it also
+# guards the stream cap and books what trimming takes (loss accounting).
 
 # Clients a forked child inherited: never closed nor collected there, because
 # closing one takes locks the parent's threads may have held at fork time.
@@ -131,7 +112,8 @@ class RedisShipper:
             args.append(TO_LIVE)
             args.append(self._encode(live))
         names = self._names
-        command = ("EVALSHA", _SHIP_BATCH_SHA, 3, names.events, names.errors, f"{names.events}:batch:{token}", *args)
+        keys = ship_keys(names, token)
+        command = ("EVALSHA", SHIP_BATCH_SHA, len(keys), *keys, *args)
         try:
             pool = self.client().connection_pool
             connection = pool.get_connection()
@@ -144,7 +126,7 @@ class RedisShipper:
                 connection.read_response()
             except redis.exceptions.NoScriptError:
                 # A restarted Redis forgot the script; the batch token makes resending safe.
-                connection.send_command("SCRIPT", "LOAD", _SHIP_BATCH)
+                connection.send_command("SCRIPT", "LOAD", SHIP_BATCH)
                 connection.read_response()
                 connection.send_command(*command)
                 connection.read_response()

@@ -146,7 +146,7 @@ class TestDefaults:
     def test_builtins_active_without_config(self) -> None:
         """With no config the four built-in rules are active."""
         names = [rule.name for rule in AlertsConfig().active_rules()]
-        assert names == ["critical-errors", "service-errors", "new-error-kind", "collector-lag", "engine-drops"]
+        assert names == ["critical-errors", "service-errors", "new-error-kind", "collector-lag", "engine-drops", "entries-lost"]
         critical = DEFAULT_RULES[0]
         assert isinstance(critical, RateRule) and critical.threshold == 10 and critical.window == 60
 
@@ -156,7 +156,7 @@ class TestDefaults:
         rules = {rule.name: rule for rule in config.active_rules()}
         assert "collector-lag" not in rules
         assert rules["critical-errors"].threshold == 50  # type: ignore[union-attr]
-        assert len(rules) == 4
+        assert len(rules) == len(DEFAULT_RULES) - 1
 
     def test_disable_unknown_builtin(self) -> None:
         """Disabling a rule that is not built in is a typo worth reporting."""

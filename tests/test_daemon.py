@@ -31,7 +31,7 @@ from collector.embedded import RedisProcess
 from collector.records import Record
 from collector.sinks import SinkAuthError, SinkRejected, SinkUnavailable
 from emitters.events import CustomEvent, ErrorEvent, ModelLoaded, encode
-from emitters.streams import stream_names
+from emitters.streams import DEFAULT_ERRORS_MAXLEN, DEFAULT_EVENTS_MAXLEN, stream_names
 from tests.test_tools_support import wait_for
 
 wait_until = wait_for  # the name tests/test_otlp_e2e.py imports from here
@@ -209,6 +209,7 @@ class RecordingAlertEngine:
     def __init__(self) -> None:
         self.observed: list[Record] = []
         self.lags: list[tuple[str, int, int]] = []
+        self.losses: list[tuple[str, int]] = []
         self.ticks = 0
         self.closed = False
 
@@ -217,6 +218,9 @@ class RecordingAlertEngine:
 
     def observe_lag(self, stream: str, lag: int, maxlen: int) -> None:
         self.lags.append((stream, lag, maxlen))
+
+    def observe_loss(self, stream: str, count: int) -> None:
+        self.losses.append((stream, count))
 
     def tick(self, now: Optional[float] = None) -> None:
         self.ticks += 1
@@ -360,7 +364,7 @@ class TestCollectorDelivery:
         with running(collector):
             wait_for(lambda: len(engine.observed) == 20 and engine.lags and engine.ticks, what="hooks called")
         assert {r.event.id for r in engine.observed} == {e.id for e in events}
-        assert {(stream, maxlen) for stream, _, maxlen in engine.lags} >= {("events", 10_000), ("errors", 50_000)}
+        assert {(stream, maxlen) for stream, _, maxlen in engine.lags} >= {("events", DEFAULT_EVENTS_MAXLEN), ("errors", DEFAULT_ERRORS_MAXLEN)}
         assert engine.closed
 
     def test_heartbeat_hash_carries_the_documented_fields(
@@ -596,7 +600,10 @@ class TestCollectorRedelivery:
         with capture_logs() as logs, running(collector):
             wait_for(lambda: collector.counters.lost == 5, what="5 lost")
             wait_for(lambda: pending_count(redis_client) == 0, what="pending list empty")
-        assert any(entry["event"] == "pending_entries_trimmed" for entry in logs)
+            wait_for(lambda: any(entry["event"] == "entries_lost" for entry in logs), what="loss logged")
+        (logged,) = [entry for entry in logs if entry["event"] == "entries_lost"]
+        assert logged["count"] == 5 and logged["by"] == "deleted-while-pending"
+        assert redis_client.hget(NAMES.accounting, f"lost:events:{GROUP}") == b"5"  # durable
         assert redis_client.xlen(NAMES.dead) == 0
 
 

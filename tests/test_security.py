@@ -34,16 +34,19 @@ HASH_SECRET = "test-hash-secret"
 # The ACL rule set the pipeline needs (Redis >= 7.0), documented in README "Redis ACL users".
 # Each user may touch only the telemetry keys and channels and run only these commands.
 EMITTER_RULES = (
-    # The batch Lua script: SET NX on the batch token, XADD to both streams, PUBLISH live tokens.
-    "resetkeys ~telemetry:events ~telemetry:errors ~telemetry:events:batch:* "
+    # The batch Lua script: SET NX on the batch token, XADD to both streams, PUBLISH live tokens;
+    # over the cap, the exact trim and its loss accounting (issue #16).
+    "resetkeys ~telemetry:events ~telemetry:errors ~telemetry:events:batch:* ~telemetry:accounting ~telemetry:losses "
     "resetchannels &telemetry:live "
-    "-@all +ping +evalsha +script|load +xadd +set +publish"
+    "-@all +ping +evalsha +script|load +xadd +set +publish +xlen +xrange +xtrim +xinfo|groups +xgroup|setid +hset +hincrby"
 )
 COLLECTOR_RULES = (
     "resetkeys ~telemetry:* resetchannels &telemetry:* -@all +ping +client|setname "
     # consuming, claiming, acking, dead-lettering, lag, retention, idle-consumer cleanup (a script)
     "+xgroup|create +xgroup|delconsumer +xreadgroup +xautoclaim +xpending +xack +xadd +xlen +xtrim "
     "+xinfo|groups +xinfo|consumers +evalsha +script|load "
+    # loss accounting: counters, the losses stream (read each heartbeat), booked in a transaction
+    "+xrange +multi +exec +xinfo|stream +xgroup|setid +script|exists "
     # heartbeat hash
     "+hset +expire +del "
     # the alert engine's shared state (its scripts run these), when alerts are enabled
@@ -345,7 +348,7 @@ class TestRedisAcl:
         with pytest.raises(redis.AuthenticationError):
             server.client(username="telemetry-collector", password=passwords.emitter).ping()
         refused: list[Callable[[], object]] = [
-            lambda: emitter.xrange(NAMES.events),  # emitters write, they do not read
+            lambda: emitter.xrevrange(NAMES.events),  # emitters write, they do not read (their script trims)
             lambda: emitter.xadd("billing:events", {"event": b"x"}),
             lambda: emitter.set("telemetry:collector:fake", "1"),  # not a batch token key
             lambda: emitter.publish("other-channel", "x"),

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_RULES",
     "CLI_OPTIONS",
     "LAG_EVENT_TYPE",
+    "LOSS_EVENT_TYPE",
     "compile_glob",
     "type_pattern",
     "service_pattern",
@@ -70,6 +71,9 @@ NESTED_FIELDS = ("attrs", "context", "metadata")
 # The synthetic event `AlertEngine.observe_lag` feeds to the rules: fields
 # `stream`, `lag`, `maxlen` and `ratio` (lag / maxlen).
 LAG_EVENT_TYPE = "collector.lag"
+# The synthetic event `AlertEngine.observe_loss` feeds to the rules (issue #16): fields
+# `stream` and `count` (entries trimmed before they were acked, one observation per range).
+LOSS_EVENT_TYPE = "collector.entries_lost"
 
 _TYPE_GLOB = re.compile(r"^[a-z0-9_.*?\[\]!-]+$")
 _SERVICE_GLOB = re.compile(r"^[A-Za-z0-9_*?\[\]!-]+$")
@@ -359,6 +363,21 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         severity="warning",
         summary="engine {service} dropped {value:.0f} telemetry events in 5m (its client reports): "
         "see 'telemetry-collector health'",
+    ),
+)
+DEFAULT_RULES += (
+    ValueRule(
+        name="entries-lost",
+        filter=Filter(type=LOSS_EVENT_TYPE),
+        group_by=["stream"],
+        field="count",
+        aggregate="sum",
+        op=">",
+        threshold=0,
+        window=Duration(3600),
+        severity="critical",
+        summary="{value:.0f} entries of {stream} were trimmed before they were acked: lost "
+        "(the collector log names the id ranges)",
     ),
 )
 DEFAULT_RULE_NAMES = tuple(rule.name for rule in DEFAULT_RULES)

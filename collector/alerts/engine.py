@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import redis
 import structlog
 
-from collector.alerts.config import AlertsConfig, NewRule
+from collector.alerts.config import LOSS_EVENT_TYPE, AlertsConfig, NewRule
 from collector.alerts.delivery import (
     Channel,
     Delivery,
@@ -142,6 +142,17 @@ class AlertEngine:
             return
         now = self._clock()
         updates = collect(self.rules, [Observation.lag(stream, lag, maxlen, now)], now)
+        with self._lock:
+            self._pending.merge(updates)
+
+    def observe_loss(self, stream: str, count: int) -> None:
+        """``count`` entries of ``stream`` were trimmed before they were acked (collector/loss.py)."""
+        if not self.rules:
+            return
+        now = self._clock()
+        fields = {"stream": stream, "count": count}
+        observation = Observation(LOSS_EVENT_TYPE, "telemetry-collector", "critical", now, fields=fields)
+        updates = collect(self.rules, [observation], now)
         with self._lock:
             self._pending.merge(updates)
 

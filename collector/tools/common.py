@@ -41,7 +41,7 @@ from emitters.events import (
     decode,
     is_error,
 )
-from emitters.streams import PAYLOAD_FIELD, StreamNames, stream_names
+from emitters.streams import DEFAULT_ERRORS_MAXLEN, DEFAULT_EVENTS_MAXLEN, PAYLOAD_FIELD, StreamNames, stream_names
 
 __all__ = [
     "ToolCommand",
@@ -82,8 +82,6 @@ NS_PER_MS = 1_000_000
 # How far before --since the stream scan starts: emitter clocks can run ahead of Redis's.
 CLOCK_SKEW_NS = 5 * 60 * NS_PER_S
 PAGE_SIZE = 1000
-DEFAULT_EVENTS_MAXLEN = 10_000
-DEFAULT_ERRORS_MAXLEN = 50_000
 _PAYLOAD_KEY = PAYLOAD_FIELD.encode()
 _ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__) | {"type"}
 

@@ -4,7 +4,9 @@ A dead letter (``{prefix}:dead``) records why the collector gave up on an
 entry and what the entry was: ``reason`` (``<category>: <detail>``),
 ``stream`` and ``id`` of origin, ``payload`` (the original ``event`` field),
 ``fields`` (a msgpack map of all original fields when they were anything
-else), ``size``, ``truncated``, ``dead_at`` (unix ms) and ``consumer``.
+else), ``size``, ``truncated``, ``dead_at`` (unix ms), ``consumer`` and, for
+one a sink rejected, ``accepted_by`` (the sinks that did take it: a replay
+goes to the others only).
 """
 
 from __future__ import annotations
@@ -27,24 +29,31 @@ from collector.tools.common import (
     format_age,
     format_bytes,
     iso_time,
-    maxlen_options,
     redis_options,
     warn,
 )
 from emitters.events import DecodeError, Event, decode
-from emitters.streams import PAYLOAD_FIELD, StreamNames
+from emitters.streams import PAYLOAD_FIELD, SKIP_SINKS_FIELD, StreamNames
 
 __all__ = ["dlq", "DeadLetterEntry", "parse_dead_letter", "replay_refusal", "REPLAY_SCRIPT"]
 
 # Atomic and idempotent: the entry is re-added only if it is still in the DLQ
 # (two operators replaying at once deliver it once), and deleted only after
 # the XADD succeeded (a failing XADD aborts the script before the XDEL).
-# KEYS: dead stream, target stream. ARGV: dead letter id, payload, maxlen, field.
+# No MAXLEN on the re-add: trimming here could delete entries no collector has acked,
+# uncounted; the emitters' guard and the collectors' trimming keep the stream bounded.
+# KEYS: dead stream, target stream. ARGV: dead letter id, payload, field, then optionally
+# the skip field and the sinks that already accepted the event.
 REPLAY_SCRIPT = """
 if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
   return false
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', ARGV[4], ARGV[2])
+local id
+if #ARGV >= 5 then
+  id = redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[2], ARGV[4], ARGV[5])
+else
+  id = redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[2])
+end
 redis.call('XDEL', KEYS[1], ARGV[1])
 return id
 """
@@ -76,6 +85,7 @@ class DeadLetterEntry(msgspec.Struct, kw_only=True):
     truncated: bool
     dead_at_ms: Optional[int]
     consumer: Optional[str]
+    accepted_by: tuple[str, ...] = ()
 
     @property
     def category(self) -> str:
@@ -117,6 +127,7 @@ def parse_dead_letter(entry_id: str, raw: dict[bytes, bytes]) -> DeadLetterEntry
         truncated=raw.get(b"truncated") == b"1",
         dead_at_ms=_int(raw.get(b"dead_at")),
         consumer=_text(raw.get(b"consumer")),
+        accepted_by=tuple(name for name in (_text(raw.get(b"accepted_by")) or "").split(",") if name),
     )
 
 
@@ -259,7 +270,6 @@ def show(target: Target, dlq_id: str) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (or those matching --reason).")
 @click.option("--reason", metavar="GLOB", help="With --all: only reasons matching this glob.")
 @click.option("--force", is_flag=True, help="Replay payloads that still do not decode.")
-@maxlen_options
 @redis_options
 def replay(
     target: Target,
@@ -267,21 +277,19 @@ def replay(
     replay_all: bool,
     reason: Optional[str],
     force: bool,
-    events_maxlen: int,
-    errors_maxlen: int,
 ) -> None:
     """Put dead letters' original payloads back on their streams for the collectors.
 
     Each is re-added as {"event": payload} and removed from the DLQ only once
-    the re-add succeeded. Truncated payloads are refused. Exit status 1 when
-    any was refused.
+    the re-add succeeded; one that some sinks had accepted carries their names
+    (skip_sinks), and collectors give it to the other sinks only. Truncated
+    payloads are refused. Exit status 1 when any was refused.
     """
     if replay_all == bool(dlq_ids):
         raise click.UsageError("give dead letter IDs or --all, not both or neither")
     if reason is not None and not replay_all:
         raise click.UsageError("--reason goes with --all")
     names = target.names
-    maxlens = {names.events: events_maxlen, names.errors: errors_maxlen}
     replayed: list[dict[str, str]] = []
     refused: list[dict[str, str]] = []
     client = target.connect("dlq")
@@ -304,7 +312,8 @@ def replay(
             assert letter is not None and letter.stream is not None and letter.payload is not None
             new_id = script(
                 keys=[names.dead, letter.stream],
-                args=[dlq_id, letter.payload, maxlens[letter.stream], PAYLOAD_FIELD],
+                args=[dlq_id, letter.payload, PAYLOAD_FIELD]
+                + ([SKIP_SINKS_FIELD, ",".join(letter.accepted_by)] if letter.accepted_by else []),
             )
             if new_id is None:  # replayed or purged by someone else meanwhile
                 refused.append({"dlq_id": dlq_id, "reason": "no longer in the dead-letter stream"})

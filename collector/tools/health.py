@@ -99,6 +99,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     host: str = ""
     pid: int = 0
     status: str = "unknown"
+    refusal: str = ""  # OOM, READONLY, ... while Redis refuses the collector's writes
     started_at: float = 0.0
     last_seen: float = 0.0
     read: int = 0
@@ -113,10 +114,20 @@ class Snapshot(msgspec.Struct, kw_only=True):
     redis_url: str
     redis_version: str
     used_memory: Optional[int]
+    # Why Redis refuses writes (maxmemory reached under noeviction), when it does: a collector
+    # cannot even write its heartbeat then.
+    refusing_writes: Optional[str] = None
     streams: list[StreamInfo]
     collectors: list[Heartbeat]
     dead_letters: int
     client_drops: list[ClientDrops] = []  # what engines reported losing (collector.clientreports)
+    # Entries trimmed before a group acked them, durable (`{prefix}:accounting`): "{kind}:{group}" -> count.
+    lost: dict[str, int] = {}
+    last_loss_age_s: Optional[float] = None
+
+
+# A loss keeps the pipeline degraded this long after it happened (the counts stay forever).
+RECENT_LOSS_S = 3600.0
 
 
 # -- pure ----------------------------------------------------------------------
@@ -129,7 +140,7 @@ def parse_heartbeat(key_suffix: str, fields: dict[bytes, bytes], now_s: float) -
     """A heartbeat from its hash; missing or garbled numbers read as 0 rather than failing the probe."""
     text = {name.decode(errors="replace"): value.decode(errors="replace") for name, value in fields.items()}
     values: dict[str, Any] = {"consumer": text.get("consumer") or key_suffix}
-    for name in ("group", "host", "status"):
+    for name in ("group", "host", "status", "refusal"):
         if name in text:
             values[name] = text[name]
     for name in _HEARTBEAT_INTS + _HEARTBEAT_FLOATS:
@@ -160,6 +171,13 @@ def assess(snapshot: Snapshot, limits: Thresholds) -> list[str]:
             reasons.append(f"collector {beat.consumer} is paused: a sink refused its credentials")
         elif beat.status == "backpressure":
             reasons.append(f"collector {beat.consumer} is in backpressure: a sink is unavailable, entries wait in Redis")
+        elif beat.status == "refused":
+            reasons.append(
+                f"collector {beat.consumer} is blocked: Redis refuses its writes ({beat.refusal or 'refused'}); "
+                "entries wait in Redis"
+            )
+    if snapshot.refusing_writes:
+        reasons.append(snapshot.refusing_writes)
     for stream in snapshot.streams:
         if stream.kind not in CONSUMED_KINDS:
             continue
@@ -167,6 +185,12 @@ def assess(snapshot: Snapshot, limits: Thresholds) -> list[str]:
             reasons.append(f"{stream.key} has {stream.length} entries and no consumer group: nothing collects it")
         for group in stream.groups:
             reasons.extend(_group_reasons(stream, group, limits))
+    if snapshot.lost and snapshot.last_loss_age_s is not None and snapshot.last_loss_age_s <= RECENT_LOSS_S:
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(snapshot.lost.items()))
+        reasons.append(
+            f"entries were trimmed before they were acked, {format_age(snapshot.last_loss_age_s)} ago "
+            f"(lost so far: {counts}); see the collector log (entries_lost) for the id ranges"
+        )
     if snapshot.dead_letters > limits.max_dead:
         reasons.append(
             f"{snapshot.dead_letters} dead letters (limit {limits.max_dead}): see 'telemetry-collector dlq list'"
@@ -274,13 +298,55 @@ def _heartbeats(client: redis.Redis, names: StreamNames, now_s: float) -> list[H
     return sorted(beats, key=lambda beat: beat.age_s)
 
 
-def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) -> Snapshot:
+def _refusing_writes(memory: dict[str, Any], replication: dict[str, Any]) -> Optional[str]:
+    if replication.get("role") == "slave":
+        return "Redis refuses writes (READONLY): this URL is a replica; point collectors and emitters at the primary"
+    used, limit = int(memory.get("used_memory") or 0), int(memory.get("maxmemory") or 0)
+    if limit and used >= limit and str(memory.get("maxmemory_policy")) == "noeviction":
+        return (
+            f"Redis refuses writes (OOM): used_memory {used} >= maxmemory {limit} with noeviction; "
+            "free memory or raise maxmemory"
+        )
+    return None
+
+
+def _accounting(client: redis.Redis, names: StreamNames, now_ms: int) -> tuple[dict[str, int], dict[str, int], Optional[float]]:
+    """The emitters' recorded caps, the lost counters and the age of the newest loss."""
+    caps: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    for name, value in client.hgetall(names.accounting).items():
+        what, _, rest = name.decode(errors="replace").partition(":")
+        if what == "maxlen":
+            caps[rest] = int(value)
+        elif what == "lost" and int(value):
+            lost[rest] = int(value)
+    newest = client.xrevrange(names.losses, count=1)
+    return caps, lost, _id_age_s(newest[0][0], now_ms) if newest else None
+
+
+def _split_maxlens(events_maxlen: int, errors_maxlen: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(given on the command line or env, defaults): what the emitters recorded beats only the defaults."""
+    context = click.get_current_context()
+    given: dict[str, int] = {}
+    defaults: dict[str, int] = {}
+    for kind, value in (("events", events_maxlen), ("errors", errors_maxlen)):
+        source = context.get_parameter_source(f"{kind}_maxlen")
+        (defaults if source in (None, click.core.ParameterSource.DEFAULT) else given)[kind] = value
+    return given, defaults
+
+
+def take_snapshot(
+    client: redis.Redis, target: Target, maxlens: dict[str, int], defaults: Optional[dict[str, int]] = None
+) -> Snapshot:
+    """Backlogs are judged by ``maxlens``, else the caps the emitters recorded, else ``defaults``."""
     names = target.names
     server = client.info("server")
     memory = client.info("memory")
     # Redis's clock, not ours: stream ids and idle times are in its time.
     seconds, micros = client.time()
     now_ms = seconds * 1000 + micros // 1000
+    caps, lost, last_loss_age_s = _accounting(client, names, now_ms)
+    maxlens = {**(defaults or {}), **caps, **maxlens}
     streams = [
         _stream_info(client, kind, getattr(names, kind), maxlens.get(kind), now_ms) for kind in STREAM_KINDS
     ]
@@ -288,10 +354,13 @@ def take_snapshot(client: redis.Redis, target: Target, maxlens: dict[str, int]) 
         redis_url=redact_url(target.redis_url),
         redis_version=str(server.get("redis_version", "?")),
         used_memory=memory.get("used_memory"),
+        refusing_writes=_refusing_writes(memory, client.info("replication")),
         streams=streams,
         collectors=_heartbeats(client, names, now_ms / 1000),
         dead_letters=next(s.length for s in streams if s.kind == "dead"),
         client_drops=read_client_drops(client, names, now_ms / 1000),
+        lost=lost,
+        last_loss_age_s=last_loss_age_s,
     )
 
 
@@ -350,6 +419,9 @@ def _print_snapshot(snapshot: Snapshot, status: str, reasons: list[str]) -> None
     for drops in snapshot.client_drops:
         detail = ", ".join(f"{reason} {count}" for reason, count in drops.dropped.items()) or "-"
         echo(f"engine {drops.service}: dropped {drops.dropped_total} ({detail}), last drop {_ago(drops.last_drop_age_s)}")
+    if snapshot.lost:
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(snapshot.lost.items()))
+        echo(f"lost (trimmed before acked): {counts}; newest {_ago(snapshot.last_loss_age_s)}")
     colour = "green" if status == "healthy" else "yellow"
     echo(click.style(f"status: {status}", fg=colour, bold=True))
     for reason in reasons:
@@ -420,7 +492,7 @@ def health(
     try:
         client = target.connect("health", timeout=timeout)
         try:
-            snapshot = take_snapshot(client, target, {"events": events_maxlen, "errors": errors_maxlen})
+            snapshot = take_snapshot(client, target, *_split_maxlens(events_maxlen, errors_maxlen))
         finally:
             client.close()
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
