@@ -11,8 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
+import msgspec
 import pytest
 
+from emitters import decode
+from emitters.streams import PAYLOAD_FIELD
 from tests.mlx_fixtures import tiny_model_dir  # noqa: F401  (fixture)
 from tests.support.mlx_server import CollectorRun, ServerProcess, jsonl_events, wait_for
 
@@ -129,3 +132,39 @@ class TestInstrumentedServer:
 
     def test_every_hook_was_installed(self, served: dict[str, Any]) -> None:
         assert "could not hook" not in served["server_log"]
+
+
+def test_sequential_path_with_a_draft_model_reports_speculative_acceptance(
+    tiny_model_dir: Path, tmp_path: Path, redis_server: Any  # noqa: F811
+) -> None:
+    """With a draft model mlx_lm.server serves one request at a time through stream_generate."""
+    server = ServerProcess(
+        tiny_model_dir, redis_server.url, tmp_path / "server.log", "--draft-model", str(tiny_model_dir),
+        "--num-draft-tokens", "3",
+    ).start()  # fmt: skip
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(lambda i: server.post("/v1/completions", _completion(i)), range(2)))
+        client = redis_server.client()
+        ids = {reply["id"] for reply in replies}
+
+        def completed() -> list[dict[str, Any]]:
+            events = [_decoded(fields) for _, fields in client.xrange("telemetry:events")]
+            done = [event for event in events if event["type"] == "generation.completed"]
+            return done if {event["request_id"] for event in done} >= ids else []
+
+        done = {event["request_id"]: event for event in wait_for(completed, 30, "two generations")}
+    finally:
+        server.stop()
+    for reply in replies:
+        event = done[reply["id"]]
+        assert event["generation_tokens"] == reply["usage"]["completion_tokens"]
+        assert event["prompt_tokens"] == reply["usage"]["prompt_tokens"]
+        # The tiny model drafting for itself: greedy drafts are accepted.
+        assert event["draft_tokens"] > 0 and 0 < event["draft_acceptance"] <= 1
+        assert event["decode_batch_max"] == 1 and event["prefill_ms"] >= 0
+
+
+def _decoded(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    event = decode(fields[PAYLOAD_FIELD.encode()])
+    return {**msgspec.to_builtins(event), "type": event.type}
