@@ -102,3 +102,28 @@ class TestFailSoft:
                  mlx_lm.server.APIHandler.do_POST, mlx_lm.server.ResponseGenerator.generate,
                  mlx_lm.server.stream_generate)  # fmt: skip
         assert after == before
+
+
+class TestOtlpMapping:
+    def test_serving_fields_become_span_attributes(self) -> None:
+        """The generation span carries the new fields (GenAI name for cache reuse, mlx.* for the rest)."""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        from collector.otlp.translate import Translator
+        from emitters.events import GenerationCompleted
+
+        event = GenerationCompleted(
+            id="0" * 31 + "1", ts=1_700_000_000_000_000_000, service="engine", host="h", pid=1,
+            trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7",
+            model="tiny-llama", request_id="chatcmpl-1", prompt_tokens=20, generation_tokens=8, duration_ms=90.0,
+            cached_prompt_tokens=12, queue_wait_ms=3.0, prefill_ms=9.5, prefill_tokens=8, decode_ms=70.0,
+            decode_batch_max=4, draft_tokens=5, draft_acceptance=0.625,
+        )  # fmt: skip
+        request = ExportTraceServiceRequest.FromString(b"".join(Translator().spans([event])))
+        (span,) = request.resource_spans[0].scope_spans[0].spans
+        attributes = {item.key: item.value for item in span.attributes}
+        assert attributes["gen_ai.usage.cache_read.input_tokens"].int_value == 12
+        assert attributes["mlx.generation.queue_wait_ms"].double_value == 3.0
+        assert attributes["mlx.generation.prefill_ms"].double_value == 9.5
+        assert attributes["mlx.generation.decode_batch_max"].int_value == 4
+        assert attributes["mlx.generation.draft_acceptance"].double_value == 0.625

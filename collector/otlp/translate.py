@@ -116,6 +116,11 @@ FIELD_KEYS: dict[tuple[str, str], str] = {
     ("error", "stack"): "exception.stacktrace",
     ("model.loaded", "model_path"): "mlx.model.path",
     ("token.generated", "token"): "mlx.token.text",
+    # --- mlx-lm server fields (#11): prompt-cache reuse has a GenAI name; the
+    # other serving fields keep the default mlx.<entity>.<field> keys. ---
+    ("generation.started", "cached_prompt_tokens"): "gen_ai.usage.cache_read.input_tokens",
+    ("generation.completed", "cached_prompt_tokens"): "gen_ai.usage.cache_read.input_tokens",
+    # --- end #11 ---
 }
 # Besides exception.type, errors carry the low-cardinality error.type used by metrics.
 _ERROR_TYPE_KEY = "error.type"
