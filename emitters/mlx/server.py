@@ -2,9 +2,11 @@
 
     python -m emitters.mlx.server --model PATH [any mlx_lm.server flag]
         [--telemetry-redis-url URL] [--telemetry-service NAME] [--telemetry-status-interval SECONDS]
+        [--telemetry-stream-prefix PREFIX]
 
 The ``--telemetry-*`` flags are ours (the URL also comes from
-``TELEMETRY_REDIS_URL``, the service name from ``TELEMETRY_SERVICE``); every
+``TELEMETRY_REDIS_URL``, the service name from ``TELEMETRY_SERVICE``, the
+prefix from ``TELEMETRY_STREAM_PREFIX``); every
 other argument goes to ``mlx_lm.server`` unchanged, ``--help`` included. Redis
 being down never stops the server: events are buffered, then counted as lost.
 SIGTERM stops it like Ctrl-C (what is buffered is flushed on the way out).
@@ -31,6 +33,7 @@ def _options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--telemetry-redis-url", default=os.environ.get("TELEMETRY_REDIS_URL") or DEFAULT_REDIS_URL)
     parser.add_argument("--telemetry-service", default=os.environ.get("TELEMETRY_SERVICE") or DEFAULT_SERVICE)
     parser.add_argument("--telemetry-status-interval", default=str(DEFAULT_STATUS_INTERVAL))
+    parser.add_argument("--telemetry-stream-prefix", default=os.environ.get("TELEMETRY_STREAM_PREFIX") or "telemetry")
     return parser.parse_known_args(list(argv))
 
 
@@ -67,9 +70,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ValueError as exc:
         _usage_error(f"--telemetry-redis-url (or TELEMETRY_REDIS_URL): {exc}; e.g. redis://localhost:6379/0")
     try:
-        emitter = Emitter(options.telemetry_service, options.telemetry_redis_url)
+        emitter = Emitter(
+            options.telemetry_service, options.telemetry_redis_url, stream_prefix=options.telemetry_stream_prefix
+        )
     except ValueError as exc:
-        _usage_error(f"--telemetry-service (or TELEMETRY_SERVICE): {exc}")
+        _usage_error(f"--telemetry-service / --telemetry-stream-prefix: {exc}")
     instrumentation = instrument(emitter, heartbeat_interval=interval)
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     sys.argv = ["mlx_lm.server", *server_argv]

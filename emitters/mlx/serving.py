@@ -221,7 +221,12 @@ def _generate_hook(instrumentation: "Instrumentation", generate: Callable[..., A
         if current is None:  # not called by an instrumented handler: nothing to attach it to
             return generate(response_generator, request, args, *rest, **kwargs)
         provider = getattr(response_generator, "model_provider", None)
-        ctx, responses = generate(response_generator, request, args, *rest, **kwargs)
+        try:
+            ctx, responses = generate(response_generator, request, args, *rest, **kwargs)
+        except Exception as exc:  # the server answers with an error status; the request's span shows why
+            requested = getattr(getattr(args, "model", None), "model", None)
+            instrumentation.emitter.error(exc, operation="request", requested_model=str(requested))
+            raise
         request_id = getattr(current.handler, "request_id", None) or f"req-{id(current):x}"
         loaded = getattr(provider, "model", None)
         model = model_name(loaded) if loaded is not None else "unknown"
