@@ -101,6 +101,14 @@ def _run_parts(redis_url: str, parts: set[str], quick: bool, progress: Callable[
 
         result = measure_overhead(redis_url, rounds=2 if quick else 20, max_tokens=16 if quick else 128, warmup=1 if quick else 3)
         rows.append(overhead_row(result))
+        # --- #11: the stock mlx_lm.server under concurrent load, plain vs instrumented ---
+        progress("row 7b: mlx_lm.server instrumentation overhead ...")
+        from collector.bench.mlx_server_overhead import measure_server_overhead, server_overhead_row
+
+        server_result = measure_server_overhead(
+            redis_url, rounds=2 if quick else 10, requests=1 if quick else 4, max_tokens=16 if quick else 64
+        )
+        rows.append(server_overhead_row(server_result))
     return rows
 
 
