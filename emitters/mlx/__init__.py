@@ -14,7 +14,12 @@ mlx-lm modules that export them (``mlx_lm``, ``mlx_lm.generate``, ``mlx_lm.utils
 ``mlx_lm.sample_utils`` and any other ``mlx_lm.*`` module already imported);
 ``uninstrument()`` puts the originals back. ``generate`` is not replaced: mlx-lm's
 ``generate`` calls ``stream_generate`` through its module, so it is covered
-once, never twice.
+once, never twice. ``BatchGenerator`` (hence ``batch_generate``) becomes an
+instrumented subclass (:mod:`emitters.mlx.batching`), and the stock
+``mlx_lm.server`` reports one request scope and one generation per HTTP request
+(:mod:`emitters.mlx.serving`; run it with ``python -m emitters.mlx.server``).
+What a given mlx-lm does not offer is logged once and listed in the returned
+instrumentation's ``missing_hooks``.
 
 Without patching, the same instrumentation is explicit::
 

@@ -29,7 +29,15 @@ from emitters.mlx.models import model_name, percentile
 if TYPE_CHECKING:
     from emitters.mlx.instrumentation import Instrumentation
 
-__all__ = ["SequenceStats", "Occupancy", "instrumented_batch_generator", "hand_over", "claim"]
+__all__ = [
+    "SequenceStats",
+    "Occupancy",
+    "instrumented_batch_generator",
+    "hand_over",
+    "claim",
+    "occupancy_fields",
+    "token_timing",
+]
 
 _clock = time.perf_counter
 
@@ -134,7 +142,9 @@ def occupancy_fields() -> dict[str, int]:
     total: dict[str, int] = {}
     for generator in list(_generators):
         for name, value in generator.telemetry_occupancy.read().items():
-            total[name] = max(total.get(name, 0), value) if name.startswith("decode_batch_max") else total.get(name, 0) + value
+            # Counts add up across generators; the largest batch is the largest of any.
+            combined = max if name == "decode_batch_max" else int.__add__
+            total[name] = combined(total[name], value) if name in total else value
     return total
 
 

@@ -81,8 +81,12 @@ def instrument(
             "stream_generate": (instrumentation._stream_fn, instrumentation.stream_generate),
             "make_sampler": (instrumentation._make_sampler_fn, instrumentation.make_sampler),
         }
-        batch_generator = original_class(importlib.import_module("mlx_lm.generate").BatchGenerator)
-        instrumented_batches = mark(instrumented_batch_generator(batch_generator, instrumentation))
+        batch_generator = getattr(importlib.import_module("mlx_lm.generate"), "BatchGenerator", None)
+        if isinstance(batch_generator, type):
+            batch_generator = original_class(batch_generator)
+            instrumented_batches = mark(instrumented_batch_generator(batch_generator, instrumentation))
+        else:
+            hooks.miss("mlx_lm.generate.BatchGenerator", "not found (no batched generations, no occupancy)")
         for module in _mlx_lm_modules():
             for attribute in _PATCHED_NAMES:
                 original, replacement = replacements[attribute]
@@ -92,7 +96,7 @@ def instrument(
                     continue
                 if getattr(module, attribute, None) is original:
                     hooks.replace(module, attribute, patch(original, replacement))
-            if getattr(module, "BatchGenerator", None) is batch_generator:
+            if batch_generator is not None and getattr(module, "BatchGenerator", None) is batch_generator:
                 hooks.replace(module, "BatchGenerator", instrumented_batches)
         if server is not None:
             install_server_hooks(server, instrumentation, hooks)
