@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 
-from emitters import Emitter
-from emitters.mlx import instrument, uninstrument
-from tests.mlx_fixtures import engine_emitter, of_type, read_stream, tiny_model, tiny_model_dir  # noqa: F401
+pytest.importorskip("mlx_lm")
+
+pytestmark = pytest.mark.mlx
+
+from emitters import Emitter  # noqa: E402
+from emitters.mlx import instrument, uninstrument  # noqa: E402
+from tests.mlx_fixtures import engine_emitter, of_type, read_stream, tiny_model, tiny_model_dir  # noqa: E402,F401
 
 PROMPTS = ["The quick brown fox", "Time to first token measures how long", "An inference engine loads"]
 

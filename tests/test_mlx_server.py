@@ -14,10 +14,14 @@ from typing import Any, Iterator
 import msgspec
 import pytest
 
-from emitters import decode
-from emitters.streams import PAYLOAD_FIELD
-from tests.mlx_fixtures import tiny_model_dir  # noqa: F401  (fixture)
-from tests.support.mlx_server import CollectorRun, ServerProcess, jsonl_events, wait_for
+pytest.importorskip("mlx_lm")
+
+pytestmark = pytest.mark.mlx
+
+from emitters import decode  # noqa: E402
+from emitters.streams import PAYLOAD_FIELD  # noqa: E402
+from tests.mlx_fixtures import tiny_model_dir  # noqa: E402,F401  (fixture)
+from tests.support.mlx_server import CollectorRun, ServerProcess, jsonl_events, wait_for  # noqa: E402
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
