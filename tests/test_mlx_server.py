@@ -7,6 +7,8 @@ everything is real: the tiny model built offline, redis-server, the
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.mlx
 from emitters import decode  # noqa: E402
 from emitters.streams import PAYLOAD_FIELD  # noqa: E402
 from tests.mlx_fixtures import tiny_model_dir  # noqa: E402,F401  (fixture)
-from tests.support.mlx_server import CollectorRun, ServerProcess, jsonl_events, wait_for  # noqa: E402
+from tests.support.mlx_server import ROOT, CollectorRun, ServerProcess, jsonl_events, wait_for  # noqa: E402
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -172,3 +174,22 @@ def test_sequential_path_with_a_draft_model_reports_speculative_acceptance(
 def _decoded(fields: dict[bytes, bytes]) -> dict[str, Any]:
     event = decode(fields[PAYLOAD_FIELD.encode()])
     return {**msgspec.to_builtins(event), "type": event.type}
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--telemetry-status-interval", "0"], "--telemetry-status-interval"),
+        (["--telemetry-redis-url", "http://localhost:6379"], "--telemetry-redis-url"),
+        (["--telemetry-service", "has spaces"], "--telemetry-service"),
+    ],
+)
+def test_bad_telemetry_flag_exits_2_with_one_line(argv: list[str], names: str) -> None:
+    """A bad telemetry setting stops the server before it loads anything: exit 2, one line, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "emitters.mlx.server", "--model", "unused", *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "hash secret" not in line]
+    assert len(lines) == 1 and names in lines[0] and "Traceback" not in result.stderr, result.stderr
