@@ -77,7 +77,11 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, _shar
                 return []
             # ...and a runtime.status sent after the last of them, so it covers the whole batch.
             last = max(event["ts"] for event in events if event["type"] == "generation.completed")
-            return events if any(e["type"] == "runtime.status" and e["ts"] > last for e in events) else []
+            if not any(e["type"] == "runtime.status" and e["ts"] > last for e in events):
+                return []
+            # With #13's span.ended, every request span must have closed too.
+            spans = [e for e in events if e["type"] == "span.ended" and e.get("name", "").startswith("POST")]
+            return events if not spans or len(spans) >= len(ids) else []
 
         events = wait_for(all_completed, 60, "every request's generation.completed in the collector's JSONL")
     finally:
@@ -123,6 +127,17 @@ class TestInstrumentedServer:
             assert event["trace_id"] == CALLER_TRACE
         others = [reply["id"] for reply in served["replies"][:-1]]
         assert all(_of(served["events"], "generation.completed", rid)[0]["trace_id"] != CALLER_TRACE for rid in others)
+
+    def test_request_span_is_the_generations_parent_and_the_callers_child(self, served: dict[str, Any]) -> None:
+        """Contract decision 3: the route's span, remote parent = the caller's span (needs #13's span.ended)."""
+        request_id = served["traceparent_reply"]["id"]
+        spans = [event for event in served["events"] if event["type"] == "span.ended"]
+        if not spans:
+            pytest.skip("span.ended is not emitted by this emitter yet (#13)")
+        (completed,) = _of(served["events"], "generation.completed", request_id)
+        (span,) = [event for event in spans if event["span_id"] == completed["span_id"]]
+        assert span["name"] == "POST /v1/completions" and span["trace_id"] == CALLER_TRACE
+        assert span["parent_span_id"] == CALLER_SPAN and span["parent_remote"] is True
 
     def test_request_cancelled_mid_stream_completes_once_as_cancelled(self, served: dict[str, Any]) -> None:
         assert len(_of(served["events"], "generation.started", served["cancelled_id"])) == 1
