@@ -57,8 +57,20 @@ def _stop_like_ctrl_c(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
+_OUR_HELP = """telemetry options (emitters.mlx.server; every other option is mlx_lm.server's, below):
+  --telemetry-redis-url URL          Redis for the events [env TELEMETRY_REDIS_URL, default redis://localhost:6379/0]
+  --telemetry-service NAME           service name on every event [env TELEMETRY_SERVICE, default mlx-lm-server]
+  --telemetry-status-interval SECS   seconds between runtime.status events [default 10]
+  --telemetry-stream-prefix PREFIX   stream key prefix [env TELEMETRY_STREAM_PREFIX, default telemetry]
+"""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     options, server_argv = _options(sys.argv[1:] if argv is None else argv)
+    if "-h" in server_argv or "--help" in server_argv:
+        print(_OUR_HELP)
+        _serve(server_argv)  # mlx_lm.server prints its own options and exits
+        return
     interval = _interval(options.telemetry_status_interval)
     import redis
 
@@ -77,17 +89,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _usage_error(f"--telemetry-service / --telemetry-stream-prefix: {exc}")
     instrumentation = instrument(emitter, heartbeat_interval=interval)
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
-    sys.argv = ["mlx_lm.server", *server_argv]
-    from mlx_lm.server import main as serve
-
     try:
-        serve()
+        _serve(server_argv)
     except KeyboardInterrupt:
         pass
     finally:
         uninstrument()
         instrumentation.runtime_status("shutdown")
         emitter.close()
+
+
+def _serve(server_argv: list[str]) -> None:
+    sys.argv = ["mlx_lm.server", *server_argv]
+    from mlx_lm.server import main as serve
+
+    serve()
 
 
 if __name__ == "__main__":
