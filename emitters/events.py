@@ -149,6 +149,8 @@ class GenerationStarted(TypedEvent, tag="generation.started", kw_only=True):
     prompt: Optional[Annotated[str, Meta(max_length=MAX_PROMPT_LEN)]] = None
     prompt_chars: Optional[NonNegInt] = None
     prompt_hash: Optional[Annotated[str, Meta(pattern="^[0-9a-f]{16,64}$")]] = None
+    # mlx-lm server (#11): prompt tokens found in the server's prompt cache.
+    cached_prompt_tokens: Optional[NonNegInt] = None
 
 
 class TokenGenerated(TypedEvent, tag="token.generated", kw_only=True):
@@ -172,6 +174,16 @@ class GenerationCompleted(TypedEvent, tag="generation.completed", kw_only=True):
     finish_reason: Optional[Annotated[str, Meta(min_length=1, max_length=64)]] = None
     itl_p50_ms: Optional[NonNegFloat] = None
     itl_p99_ms: Optional[NonNegFloat] = None
+    # mlx-lm serving (#11), all optional: prefill apart from decode, queue wait,
+    # prompt-cache reuse, continuous batching and speculative decoding.
+    cached_prompt_tokens: Optional[NonNegInt] = None
+    queue_wait_ms: Optional[NonNegFloat] = None
+    prefill_ms: Optional[NonNegFloat] = None
+    prefill_tokens: Optional[NonNegInt] = None
+    decode_ms: Optional[NonNegFloat] = None
+    decode_batch_max: Optional[NonNegInt] = None
+    draft_tokens: Optional[NonNegInt] = None
+    draft_acceptance: Optional[Annotated[float, Meta(ge=0, le=1)]] = None
 
 
 class ErrorEvent(TypedEvent, tag="error", kw_only=True):
@@ -191,6 +203,19 @@ class RuntimeStatus(TypedEvent, tag="runtime.status", kw_only=True):
     active_tasks: Optional[NonNegInt] = None
     memory_gb: Optional[NonNegFloat] = None
     peak_memory_gb: Optional[NonNegFloat] = None
+    # mlx-lm (#11): MLX unified memory, continuous-batching occupancy, prompt cache.
+    memory_cache_gb: Optional[NonNegFloat] = None
+    memory_limit_gb: Optional[NonNegFloat] = None
+    memory_headroom_gb: Optional[NonNegFloat] = None
+    requests_waiting: Optional[NonNegInt] = None
+    requests_running: Optional[NonNegInt] = None
+    requests_prefilling: Optional[NonNegInt] = None
+    decode_batch_size: Optional[NonNegInt] = None
+    decode_batch_max: Optional[NonNegInt] = None
+    decode_concurrency: Optional[NonNegInt] = None
+    prefill_concurrency: Optional[NonNegInt] = None
+    prompt_cache_gb: Optional[NonNegFloat] = None
+    prompt_cache_sequences: Optional[NonNegInt] = None
 
 
 class SpanEnded(TypedEvent, tag="span.ended", kw_only=True):

@@ -11,7 +11,9 @@ import click
 
 from collector.bench.report import Row, machine_header, render_table
 
-_PARTS = ("emit", "throughput", "collector", "otlp", "latency", "mlx")
+_PARTS = ("emit", "throughput", "collector", "otlp", "latency", "mlx", "mlx-server")
+# #11: row 7b starts two mlx_lm.server processes (~1 min); run it with --only mlx-server.
+_DEFAULT_PARTS = tuple(part for part in _PARTS if part != "mlx-server")
 
 
 @click.command()
@@ -22,7 +24,8 @@ _PARTS = ("emit", "throughput", "collector", "otlp", "latency", "mlx")
     "--only",
     type=click.Choice(_PARTS),
     multiple=True,
-    help="Run only these parts (repeatable): emit, throughput, collector, otlp, latency, mlx.",
+    help="Run only these parts (repeatable): emit, throughput, collector, otlp, latency, mlx, "
+    "mlx-server (row 7b, not run by default).",
 )
 def bench(redis_url: Optional[str], quick: bool, as_json: bool, only: tuple[str, ...]) -> None:
     """Measure the pipeline against baselines run in this same process.
@@ -35,7 +38,7 @@ def bench(redis_url: Optional[str], quick: bool, as_json: bool, only: tuple[str,
     """
     from collector.embedded import RedisProcess
 
-    parts = set(only or _PARTS)
+    parts = set(only or _DEFAULT_PARTS)
     server = None
     if redis_url is None:
         server = RedisProcess().start()
@@ -105,6 +108,15 @@ def _run_parts(redis_url: str, parts: set[str], quick: bool, progress: Callable[
 
         result = measure_overhead(redis_url, rounds=2 if quick else 20, max_tokens=16 if quick else 128, warmup=1 if quick else 3)
         rows.append(overhead_row(result))
+    if "mlx-server" in parts and importlib.util.find_spec("mlx_lm") is not None:
+        # --- #11: the stock mlx_lm.server under concurrent load, plain vs instrumented ---
+        progress("row 7b: mlx_lm.server instrumentation overhead ...")
+        from collector.bench.mlx_server_overhead import measure_server_overhead, server_overhead_row
+
+        server_result = measure_server_overhead(
+            redis_url, rounds=2 if quick else 10, requests=1 if quick else 4, max_tokens=16 if quick else 64
+        )
+        rows.append(server_overhead_row(server_result))
     return rows
 
 

@@ -1,10 +1,11 @@
 """``telemetry-collector demo``: the whole pipeline on one machine, in a minute.
 
 An embedded redis-server (or ``--redis-url``), a collector writing JSONL and
-evaluating the default alert rules, and an mlx-lm engine instrumented with one
-line, generating a stream of requests with the tiny llama model (built offline
-on first use). A few requests fail on purpose, inside mlx-lm's decoding loop,
-and one model load fails, so errors and "new error kind" alerts show up too.
+evaluating the default alert rules, and the stock ``mlx_lm.server`` instrumented
+(``python -m emitters.mlx.server``) serving the tiny llama model (built offline
+on first use) to concurrent HTTP clients, so mlx-lm's continuous batching is
+what the telemetry shows. A few requests ask for a model that does not exist,
+so errors and "new error kind" alerts show up too (see ``demo_server``).
 
 The summary is read back from the Redis streams, so it shows what actually
 went through the pipeline. Ctrl-C (or SIGTERM) stops the traffic, lets the
@@ -14,8 +15,6 @@ collector catch up, and exits 0; a second one exits at once.
 from __future__ import annotations
 
 import os
-import random
-import secrets
 import signal
 import socket
 import statistics
@@ -25,12 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import click
 import msgspec
 import redis
 
+from collector.commands.demo_server import DemoServer, ServerStartError, traffic
 from collector.config import Config, ConfigError, load_config
 from collector.durations import DurationParam
 from collector.embedded import RedisNotFound, RedisProcess
@@ -38,43 +38,9 @@ from emitters.events import DecodeError, Event, ValidationError, decode
 from emitters.mlx import percentile
 from emitters.streams import PAYLOAD_FIELD, StreamNames, stream_names
 
-__all__ = ["demo", "DemoStats", "PROMPTS"]
+__all__ = ["demo", "DemoStats"]
 
-SERVICE = "demo-engine"
-PROMPTS = (
-    "Explain the difference between a process and a thread to a new engineer.",
-    "Write a short poem about autumn leaves falling on a quiet mountain lake.",
-    "Summarise the following document in three sentences for a busy reader.",
-    "Translate this paragraph into French, keeping the technical terms in English.",
-    "What is the capital of France?",
-    "Once upon a time there was a small model that wanted to generate stories.",
-    "Count from one to ten.",
-    "User: hello, how are you today? Assistant:",
-)
 _PAYLOAD_KEY = PAYLOAD_FIELD.encode()
-
-
-class InjectedKVCacheError(RuntimeError):
-    """A simulated engine fault: raised from inside mlx-lm's decoding loop."""
-
-
-class InjectedDecodeError(ValueError):
-    """A second simulated fault kind, so the errors group into two fingerprints."""
-
-
-class FailAtStep:
-    """A logits processor that raises at a given step: a real failure mid-generation."""
-
-    def __init__(self, step: int, error: Exception) -> None:
-        self.step = step
-        self.error = error
-        self.calls = 0
-
-    def __call__(self, tokens: Any, logits: Any) -> Any:
-        self.calls += 1
-        if self.calls >= self.step:
-            raise self.error
-        return logits
 
 
 # --- what went through the pipeline ---------------------------------------------------------------
@@ -92,10 +58,20 @@ class DemoStats:
     decode_tps: list[float] = field(default_factory=list)
     finish_reasons: dict[str, int] = field(default_factory=dict)
     error_types: dict[str, int] = field(default_factory=dict)
+    events: int = 0
+    decode_batch_max: int = 0
+    decode_concurrency: Optional[int] = None
+    queue_wait_ms: list[float] = field(default_factory=list)
+    cached_prompt_tokens: int = 0
+    prompt_tokens: int = 0
 
     def observe(self, event: Event) -> None:
+        self.events += 1
         kind = event.type
-        if kind == "generation.started":
+        if kind == "runtime.status":
+            self.decode_batch_max = max(self.decode_batch_max, event.decode_batch_max or 0)
+            self.decode_concurrency = event.decode_concurrency or self.decode_concurrency
+        elif kind == "generation.started":
             self.started += 1
         elif kind == "generation.completed":
             self.completed += 1
@@ -104,6 +80,11 @@ class DemoStats:
                 self.ttft_ms.append(event.ttft_ms)
             if event.tokens_per_second is not None:
                 self.decode_tps.append(event.tokens_per_second)
+            self.decode_batch_max = max(self.decode_batch_max, event.decode_batch_max or 0)
+            self.prompt_tokens += event.prompt_tokens
+            self.cached_prompt_tokens += event.cached_prompt_tokens or 0
+            if event.queue_wait_ms is not None:
+                self.queue_wait_ms.append(event.queue_wait_ms)
             reason = event.finish_reason or "unknown"
             self.finish_reasons[reason] = self.finish_reasons.get(reason, 0) + 1
         elif kind == "error":
@@ -142,85 +123,6 @@ class StreamReader:
 
 def _fmt_ms(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1f}ms"
-
-
-# --- the engine -----------------------------------------------------------------------------------
-
-
-class DemoEngine:
-    """An mlx-lm engine instrumented with ``instrument(emitter)``, serving demo requests."""
-
-    def __init__(self, emitter: Any, model_dir: Path, *, max_tokens: int, fail_every: int, seed: int) -> None:
-        # Everything mlx is imported here, after HF_HUB_OFFLINE is set by the command.
-        import mlx_lm
-
-        from emitters.mlx import instrument
-
-        self.mlx_lm = mlx_lm
-        self.emitter = emitter
-        self.max_tokens = max_tokens
-        self.fail_every = fail_every
-        self.random = random.Random(seed)
-        self.requests = 0
-        self.failures = 0
-        self.model_dir = model_dir
-        # The first generation of each sampling path pays for mlx's lazy set-up
-        # (seconds on a cold CPU); warm them up uninstrumented so that TTFT
-        # figures describe the steady state.
-        from mlx_lm.sample_utils import make_sampler as plain_make_sampler
-
-        model, tokenizer = mlx_lm.load(str(model_dir))
-        for warm_sampler in (None, plain_make_sampler(temp=0.7, top_p=0.9), plain_make_sampler(temp=0.7, top_p=0.9, top_k=40)):
-            for _ in mlx_lm.stream_generate(model, tokenizer, PROMPTS[0], max_tokens=4, sampler=warm_sampler):
-                pass
-        self.telemetry = instrument(emitter, heartbeat_interval=5.0)
-        self.telemetry.runtime_status("starting", models_loaded=0)
-        self.model, self.tokenizer = mlx_lm.load(str(model_dir))
-        from mlx_lm.sample_utils import make_sampler  # the instrumented one: settings are reported
-
-        self.make_sampler = make_sampler
-
-    def fail_a_load(self, scratch: Path) -> None:
-        """Load a model directory whose weights are missing: an error event, then carry on."""
-        broken = scratch / "tiny-llama-missing-weights"
-        broken.mkdir(parents=True, exist_ok=True)
-        (broken / "config.json").write_text((self.model_dir / "config.json").read_text())
-        try:
-            self.mlx_lm.load(str(broken))
-        except FileNotFoundError:
-            self.failures += 1
-
-    def serve_one(self) -> None:
-        index = self.requests
-        self.requests += 1
-        rng = self.random
-        processors = None
-        if self.fail_every and index % self.fail_every == self.fail_every - 1:
-            kind = (index // self.fail_every) % 2
-            error: Exception = (
-                InjectedKVCacheError(f"KV cache exhausted at position {rng.randint(100, 4000)}")
-                if kind == 0
-                else InjectedDecodeError(f"invalid UTF-8 continuation byte in token {rng.randint(1, 511)}")
-            )
-            processors = [FailAtStep(rng.randint(2, 6), error)]
-        sampler = self.make_sampler(temp=rng.choice((0.0, 0.7, 1.0)), top_p=0.9, top_k=rng.choice((0, 40)))
-        with self.emitter.context(request_id=f"demo-{index:05d}", user_id=f"user-{rng.randrange(25)}"):
-            try:
-                for _ in self.mlx_lm.stream_generate(
-                    self.model, self.tokenizer, rng.choice(PROMPTS),
-                    max_tokens=rng.randint(max(1, self.max_tokens // 4), self.max_tokens),
-                    sampler=sampler, logits_processors=processors,
-                ):  # fmt: skip
-                    pass
-            except (InjectedKVCacheError, InjectedDecodeError):
-                self.failures += 1
-
-    def close(self) -> None:
-        from emitters.mlx import uninstrument
-
-        self.telemetry.model_unloaded(self.model, reason="demo finished")
-        self.telemetry.runtime_status("shutdown", models_loaded=0)
-        uninstrument()
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -295,8 +197,10 @@ def _id(value: bytes | str) -> tuple[int, int]:
               help="How long to generate traffic (0: until Ctrl-C or --requests).")
 @click.option("--requests", "max_requests", type=click.IntRange(min=1), default=None,
               help="Stop after this many requests.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              help="Requests per second.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=6.0, show_default=True,
+              help="Requests per second (sent in bursts of 1-4).")
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+              help="HTTP clients sending requests at the same time.")
 @click.option("--redis-url", envvar="TELEMETRY_REDIS_URL", show_envvar=True, default=None,
               help="Use this Redis instead of starting an embedded redis-server.")
 @click.option("--jsonl-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("logs"),
@@ -305,7 +209,7 @@ def _id(value: bytes | str) -> tuple[int, int]:
 @click.option("--max-tokens", type=click.IntRange(min=1, max=2048), default=48, show_default=True,
               help="Upper bound of tokens per request.")
 @click.option("--fail-every", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Make every Nth request fail inside generation (0: never).")
+              help="Make every Nth request ask for a model that does not exist (0: never).")
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the tiny model is cached [default: ~/.cache/mlx-telemetry/tiny-llama].")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the traffic pattern.")
@@ -315,6 +219,7 @@ def demo(
     duration: float,
     max_requests: Optional[int],
     rate: float,
+    concurrency: int,
     redis_url: Optional[str],
     jsonl_dir: Path,
     stream_prefix: str,
@@ -351,7 +256,7 @@ def demo(
         with _redis(redis_url, scratch) as url:
             _run_demo(
                 url, jsonl_dir.resolve(), stream_prefix, model_path, scratch, stop,
-                duration=duration, max_requests=max_requests, rate=rate, max_tokens=max_tokens,
+                duration=duration, max_requests=max_requests, rate=rate, concurrency=concurrency, max_tokens=max_tokens,
                 fail_every=fail_every, seed=seed, print_every=print_every,
             )  # fmt: skip
     finally:
@@ -406,6 +311,7 @@ def _run_demo(
     duration: float,
     max_requests: Optional[int],
     rate: float,
+    concurrency: int,
     max_tokens: int,
     fail_every: int,
     seed: int,
@@ -415,7 +321,6 @@ def _run_demo(
     from collector.daemon import Collector, build_sinks
     from collector.logsetup import configure_logging
     from collector.redisconn import connect
-    from emitters import Emitter
 
     try:
         config = _demo_config(url, jsonl_dir, stream_prefix)
@@ -427,70 +332,44 @@ def _run_demo(
     collector = Collector(config, sinks=sinks, alert_engine=build_engine(config, sinks=sinks))
     collector_thread = threading.Thread(target=collector.run, name="demo-collector", daemon=True)
     collector_thread.start()
-    emitter = Emitter(
-        SERVICE, url, stream_prefix=stream_prefix, token_events="live", hash_secret=secrets.token_hex(16)
-    )
     client = connect(url)
+    server: Optional[DemoServer] = None
     try:
         stats = DemoStats()
         reader = StreamReader(client, names, since_ms=int(time.time() * 1000))
         alerts_before = _xlen(client, names.alerts)
         started = time.monotonic()
-        engine = DemoEngine(emitter, model_path, max_tokens=max_tokens, fail_every=fail_every, seed=seed)
+        click.echo("starting the instrumented mlx_lm.server (python -m emitters.mlx.server) ...")
+        try:
+            server = DemoServer(
+                url, stream_prefix, model_path, scratch,
+                max_tokens=max_tokens, fail_every=fail_every, seed=seed, concurrency=concurrency,
+            )  # fmt: skip
+        except ServerStartError as exc:
+            raise click.ClickException(str(exc)) from None
+        server.warm_up()
         click.echo(
-            f"engine ready: model {model_path.name} ({model_path}); "
-            f"{rate:g} requests/s, {'until Ctrl-C' if not duration else f'for {duration:g}s'}"
+            f"mlx_lm.server ready on {server.url}: model {model_path.name} ({model_path}); "
+            f"{rate:g} requests/s from {concurrency} clients, {'until Ctrl-C' if not duration else f'for {duration:g}s'}"
             + (f", at most {max_requests} requests" if max_requests else "")
         )
-        engine.fail_a_load(scratch)
-        _traffic(engine, stop, rate=rate, duration=duration, max_requests=max_requests, print_every=print_every,
-                 report=lambda: _print_line(time.monotonic() - started, engine, emitter, collector, reader, stats,
-                                            client, names, alerts_before))  # fmt: skip
+        server.fail_a_load()
+        running = server
+        traffic(running, stop, rate=rate, duration=duration, max_requests=max_requests, print_every=print_every,
+                report=lambda: _print_line(time.monotonic() - started, running, collector, reader, stats,
+                                           client, names, alerts_before))  # fmt: skip
         if stop.is_set():
             click.echo("stopping on signal: letting the collector catch up (a second Ctrl-C exits at once)")
-        engine.close()
-        emitter.flush(10)
+        server.close()
         _wait_for_collector(client, config.collector.group, names, collector, timeout=15.0)
         reader.poll(stats)
-        _print_summary(
-            time.monotonic() - started, engine, emitter, collector, stats, client, names, alerts_before, jsonl_dir
-        )
+        _print_summary(time.monotonic() - started, server, collector, stats, client, names, alerts_before, jsonl_dir)
     finally:
-        emitter.close(5)
+        if server is not None:
+            server.stop()
         collector.request_stop()
         collector_thread.join(config.collector.shutdown_timeout + 5)
         client.close()
-
-
-def _traffic(
-    engine: DemoEngine,
-    stop: threading.Event,
-    *,
-    rate: float,
-    duration: float,
-    max_requests: Optional[int],
-    print_every: float,
-    report: Callable[[], None],
-) -> None:
-    """Requests at ``rate`` until the duration, the request count or a signal ends it."""
-    start = time.monotonic()
-    end = start + duration if duration else float("inf")
-    gap = 1.0 / rate
-    next_request = start
-    next_report = start + print_every
-    while not stop.is_set():
-        now = time.monotonic()
-        if now >= end or (max_requests is not None and engine.requests >= max_requests):
-            break
-        if now >= next_report:
-            report()
-            next_report += print_every
-        if now >= next_request:
-            engine.serve_one()
-            # Behind schedule (a slow machine): carry on at the rate, do not burst to catch up.
-            next_request = max(next_request + gap, time.monotonic() - gap)
-            continue
-        stop.wait(min(next_request, next_report, end) - now)
 
 
 def _xlen(client: redis.Redis, key: str) -> int:
@@ -499,8 +378,7 @@ def _xlen(client: redis.Redis, key: str) -> int:
 
 def _print_line(
     elapsed: float,
-    engine: DemoEngine,
-    emitter: Any,
+    server: DemoServer,
     collector: Any,
     reader: StreamReader,
     stats: DemoStats,
@@ -509,10 +387,10 @@ def _print_line(
     alerts_before: int,
 ) -> None:
     reader.poll(stats)
-    sent = emitter.stats()["sent"]
     click.echo(
-        f"[{elapsed:6.1f}s] requests {engine.requests:4d}  completed {stats.completed:4d}  "
-        f"errors {stats.errors:3d}  events {sent / max(elapsed, 1e-9):7.0f}/s  "
+        f"[{elapsed:6.1f}s] requests {server.requests:4d}  completed {stats.completed:4d}  "
+        f"errors {stats.errors:3d}  events {stats.events / max(elapsed, 1e-9):7.0f}/s  "
+        f"batch max {stats.decode_batch_max:2d}  "
         f"TTFT p50 {_fmt_ms(stats.ttft_percentile(50))} p95 {_fmt_ms(stats.ttft_percentile(95))}  "
         f"tokens {stats.tokens / max(elapsed, 1e-9):6.0f}/s  collected {collector.counters.acked:5d}  "
         f"alerts {_xlen(client, names.alerts) - alerts_before}"
@@ -533,8 +411,7 @@ def _wait_for_collector(
 
 def _print_summary(
     elapsed: float,
-    engine: DemoEngine,
-    emitter: Any,
+    server: DemoServer,
     collector: Any,
     stats: DemoStats,
     client: redis.Redis,
@@ -544,11 +421,10 @@ def _print_summary(
 ) -> None:
     from collector.sinks.jsonl import segment_files
 
-    emitter_stats = emitter.stats()
     click.echo("")
     click.echo(f"demo finished after {elapsed:.1f}s")
     click.echo(
-        f"  requests        {engine.requests} sent, {stats.completed} completed, {stats.errors} errors "
+        f"  requests        {server.requests} sent over HTTP, {stats.completed} completed, {stats.errors} errors "
         f"({', '.join(f'{name} x{count}' for name, count in sorted(stats.error_types.items())) or 'none'})"
     )
     click.echo(
@@ -562,10 +438,15 @@ def _print_summary(
         f"  tokens          {stats.tokens} generated, {stats.tokens / max(elapsed, 1e-9):.0f}/s overall, "
         f"{'-' if tps is None else f'{tps:.0f}'}/s per generation (median)"
     )
+    queue = percentile(sorted(stats.queue_wait_ms), 50) if stats.queue_wait_ms else None
     click.echo(
-        f"  events          {emitter_stats['sent']} shipped ({emitter_stats['sent'] / max(elapsed, 1e-9):.0f}/s, "
-        f"token events on the live channel), dropped {sum(emitter_stats['dropped'].values())}; "
-        f"collector acked {collector.counters.acked}"
+        f"  batching        largest decode batch {stats.decode_batch_max}"
+        f" (--decode-concurrency {stats.decode_concurrency or '-'}), queue wait p50 {_fmt_ms(queue)}, "
+        f"prompt cache hits {stats.cached_prompt_tokens}/{stats.prompt_tokens} prompt tokens"
+    )
+    click.echo(
+        f"  events          {stats.events} read back from the streams ({stats.events / max(elapsed, 1e-9):.0f}/s, "
+        f"token events on the live channel); collector acked {collector.counters.acked}"
     )
     alerts = client.xrange(names.alerts, min="-", max="+")[alerts_before:]
     click.echo(f"  alerts fired    {len(alerts)} (stream {names.alerts})")

@@ -39,6 +39,10 @@ FIELD_KEYS: dict[tuple[str, str], str] = {
     ("error", "stack"): "exception.stacktrace",
     ("model.loaded", "model_path"): "mlx.model.path",
     ("token.generated", "token"): "mlx.token.text",
+    # Prompt-cache reuse from the mlx-lm server has a GenAI name; its other serving
+    # fields keep the default mlx.<entity>.<field> keys.
+    ("generation.started", "cached_prompt_tokens"): "gen_ai.usage.cache_read.input_tokens",
+    ("generation.completed", "cached_prompt_tokens"): "gen_ai.usage.cache_read.input_tokens",
 }
 # Besides exception.type, errors carry the low-cardinality error.type used by metrics.
 ERROR_TYPE_KEY = "error.type"

@@ -1,178 +1,41 @@
-"""Telemetry for mlx-lm engines: one line to instrument, or explicit wrappers.
-
-One line, before the engine imports ``stream_generate``/``load`` by name::
-
-    from emitters import Emitter
-    from emitters.mlx import instrument
-
-    telemetry = instrument(Emitter("engine", "redis://localhost:6379/0"))
-    model, tokenizer = mlx_lm.load("mlx-community/...")            # -> model.loaded
-    text = mlx_lm.generate(model, tokenizer, prompt, max_tokens=64)  # -> generation.*
-
-``instrument`` replaces ``load``, ``stream_generate`` and ``make_sampler`` in the
-mlx-lm modules that export them (``mlx_lm``, ``mlx_lm.generate``, ``mlx_lm.utils``,
-``mlx_lm.sample_utils`` and any other ``mlx_lm.*`` module already imported);
-``uninstrument()`` puts the originals back. ``generate`` is not replaced: mlx-lm's
-``generate`` calls ``stream_generate`` through its module, so it is covered
-once, never twice.
-
-Without patching, the same instrumentation is explicit::
-
-    telemetry = Instrumentation(emitter)
-    model, tokenizer = telemetry.load(path)
-    for response in telemetry.stream_generate(model, tokenizer, prompt, request_id="r-1"):
-        ...
-
-Events of one generation (``generation.started``, one ``token.generated`` per
-token, ``generation.completed`` or ``error``) share one span, with the
-``request_id`` given by the caller (keyword ``request_id=``, or an enclosing
-``emitter.context(request_id=...)``) or a generated one. Token events are routed
-by the emitter's ``token_events`` mode (live pub/sub by default) and skipped
-entirely when it is ``off``. Times come from ``time.perf_counter``.
-
-mlx-lm is imported when an :class:`Instrumentation` is made, never by
-``import emitters``.
-"""
+"""The instrumentation object: mlx-lm's ``load`` and ``stream_generate`` reporting to one emitter."""
 
 from __future__ import annotations
 
 import contextvars
-import functools
 import importlib
 import inspect
-import math
-import sys
 import threading
 import time
 import weakref
 from array import array
-from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from emitters import context as _context
 from emitters.emitter import Emitter
 from emitters.privacy import prompt_fields
+from emitters.mlx.batching import occupancy_fields as _occupancy_fields
+from emitters.mlx.hooks import original as _original
+from emitters.mlx.memory import memory_fields as _memory_fields
+from emitters.mlx.memory import peak_memory_gb as _peak_memory_gb
+from emitters.mlx.models import LoadedModel, percentile
+from emitters.mlx.models import encode_prompt as _encode_prompt
+from emitters.mlx.models import forget_model_id as _forget_model_id
+from emitters.mlx.models import model_identity as _model_identity
+from emitters.mlx.models import model_name as _model_name
+from emitters.mlx.models import quantization as _quantization
+from emitters.mlx.models import remember_model as _remember_model
 
-__all__ = [
-    "Instrumentation",
-    "LoadedModel",
-    "RuntimeHeartbeat",
-    "register_model",
-    "model_info",
-    "instrument",
-    "uninstrument",
-    "current_instrumentation",
-    "load",
-    "stream_generate",
-    "generate",
-    "percentile",
-]
+__all__ = ["Instrumentation", "RuntimeHeartbeat"]
 
 _clock = time.perf_counter
 # mlx-lm's own default when the caller gives no max_tokens.
 _FALLBACK_MAX_TOKENS = 256
-_PATCHED_NAMES = ("load", "stream_generate", "make_sampler")
 # Sampler settings that generation.started carries, as make_sampler names them.
 _SAMPLER_FIELDS = {"temp": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p"}
 
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """What an instrumented ``load`` learnt about a model."""
-
-    name: str
-    path: str
-    quantization: Optional[int | str]
-    parameters: Optional[int]
-
-
-# id(model) -> LoadedModel. mlx modules are dicts (unhashable), so entries are
-# keyed by id and removed by a weakref finalizer when the model dies.
-_models: dict[int, tuple[LoadedModel, weakref.finalize]] = {}
-# Reentrant: a finalizer may run (garbage collection) while this thread holds it.
-_models_lock = threading.RLock()
-
 # sampler function -> the make_sampler settings it was built with.
 _samplers: "weakref.WeakKeyDictionary[Callable[..., Any], dict[str, float | int]]" = weakref.WeakKeyDictionary()
-
-
-def _remember_model(model: Any, info: LoadedModel) -> None:
-    key = id(model)
-    with _models_lock:
-        previous = _models.pop(key, None)
-        if previous is not None:
-            previous[1].detach()
-        _models[key] = (info, weakref.finalize(model, _forget_model_id, key))
-
-
-def _forget_model_id(key: int) -> Optional[LoadedModel]:
-    with _models_lock:
-        entry = _models.pop(key, None)
-    if entry is None:
-        return None
-    entry[1].detach()
-    return entry[0]
-
-
-def register_model(model: Any, name: str, path: Optional[str] = None) -> None:
-    """Name a model that was loaded without instrumentation, for its generation events."""
-    _remember_model(model, LoadedModel(name=name, path=path or name, quantization=None, parameters=None))
-
-
-def model_info(model: Any) -> Optional[LoadedModel]:
-    """What an instrumented load recorded about ``model``, if it was loaded that way."""
-    entry = _models.get(id(model))
-    return entry[0] if entry is not None else None
-
-
-def _model_name(model: Any) -> str:
-    info = model_info(model)
-    if info is not None:
-        return info.name
-    return str(getattr(model, "model_type", None) or type(model).__name__)
-
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted values (``pct`` in 0..100)."""
-    if not sorted_values:
-        raise ValueError("percentile of no values")
-    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def _quantization(config: Mapping[str, Any]) -> int | str:
-    for key in ("quantization", "quantization_config"):
-        section = config.get(key)
-        if isinstance(section, Mapping) and isinstance(section.get("bits"), int):
-            return section["bits"]
-    return "none"
-
-
-def _model_identity(path_or_hf_repo: Any) -> tuple[str, str]:
-    """(name, path): a local directory by its name, a Hub repo by its id."""
-    text = str(path_or_hf_repo)
-    local = Path(text).expanduser()
-    if local.exists():
-        resolved = local.resolve()
-        return resolved.name or text, str(resolved)
-    return text, text
-
-
-def _encode_prompt(tokenizer: Any, prompt: Any) -> tuple[Any, Optional[str], int]:
-    """(prompt for mlx-lm, prompt text if any, prompt token count).
-
-    A text prompt is tokenized here exactly as ``stream_generate`` would, and the
-    ids are passed on, so it is counted before generation starts without being
-    tokenized twice.
-    """
-    if isinstance(prompt, str):
-        bos = getattr(tokenizer, "bos_token", None)
-        ids = tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos))
-        return ids, prompt, len(ids)
-    size = getattr(prompt, "size", None)
-    return prompt, None, int(size) if isinstance(size, int) else len(prompt)
 
 
 class Instrumentation:
@@ -212,6 +75,9 @@ class Instrumentation:
         )
         self._lock = threading.Lock()
         self._active = 0
+        self._server: Optional["weakref.ref[Any]"] = None
+        # What instrument() could not hook in this mlx-lm (each "name: consequence").
+        self.missing_hooks: tuple[str, ...] = ()
         # Models this instrumentation loaded and that are still alive (for runtime.status).
         self._loaded: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
 
@@ -459,16 +325,38 @@ class Instrumentation:
     def models_loaded(self) -> int:
         return len(self._loaded)
 
+    def adjust_active(self, delta: int) -> None:
+        """Count a generation that started (+1) or ended (-1) outside ``stream_generate``."""
+        with self._lock:
+            self._active += delta
+
+    def track_prompt_cache(self, response_generator: Any) -> None:
+        """Remember the server whose prompt cache ``runtime.status`` reports."""
+        if self._server is None or self._server() is not response_generator:
+            self._server = weakref.ref(response_generator)
+
+    def memory_fields(self) -> dict[str, float]:
+        """What a completed generation reports about memory."""
+        return {"peak_memory_gb": _peak_memory_gb(self._mx)}
+
     def runtime_status(self, status: Optional[str] = None, **fields: Any) -> None:
-        """Emit ``runtime.status``; the status defaults to busy/ready by active generations."""
+        """Emit ``runtime.status``; the status defaults to busy/ready by active generations.
+
+        Memory from MLX, and, when mlx-lm batches (``BatchGenerator``), the
+        occupancy of its batches and the size of the server's prompt cache.
+        """
         active = self._active
+        values: dict[str, Any] = {"active_tasks": active, **_memory_fields(self._mx), **_occupancy_fields()}
+        server = self._server() if self._server is not None else None
+        cache = getattr(server, "prompt_cache", None)
+        if cache is not None:
+            values["prompt_cache_gb"] = getattr(cache, "nbytes", 0) / 1e9
+            values["prompt_cache_sequences"] = len(cache)
+        values.update(fields)
         self.emitter.runtime_status(
             status or ("busy" if active else "ready"),
-            fields.pop("models_loaded", self.models_loaded),
-            active_tasks=active,
-            memory_gb=self._mx.get_active_memory() / 1e9,
-            peak_memory_gb=self._mx.get_peak_memory() / 1e9,
-            **fields,
+            values.pop("models_loaded", self.models_loaded),
+            **values,
         )
 
     def heartbeat(self, interval: float = 10.0) -> "RuntimeHeartbeat":
@@ -509,130 +397,3 @@ class RuntimeHeartbeat:
         self.stop()
 
 
-# -- patching ---------------------------------------------------------------
-
-
-def _original(function: Callable[..., Any]) -> Callable[..., Any]:
-    """The mlx-lm function behind one of our patches (other wrappers are kept)."""
-    while getattr(function, "_mlx_telemetry_patch", False):
-        function = function.__wrapped__  # type: ignore[attr-defined]
-    return function
-
-
-def _patch(original: Callable[..., Any], replacement: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def patched(*args: Any, **kwargs: Any) -> Any:
-        return replacement(*args, **kwargs)
-
-    patched._mlx_telemetry_patch = True  # type: ignore[attr-defined]
-    return patched
-
-
-@dataclass
-class _Patches:
-    instrumentation: Instrumentation
-    applied: list[tuple[ModuleType, str, Callable[..., Any]]]
-    heartbeat: Optional[RuntimeHeartbeat]
-
-
-_active: Optional[_Patches] = None
-_patch_lock = threading.Lock()
-
-
-def _mlx_lm_modules() -> list[ModuleType]:
-    for name in ("mlx_lm", "mlx_lm.generate", "mlx_lm.utils", "mlx_lm.sample_utils"):
-        importlib.import_module(name)
-    return [
-        module
-        for name, module in list(sys.modules.items())
-        if isinstance(module, ModuleType) and (name == "mlx_lm" or name.startswith("mlx_lm."))
-    ]
-
-
-def instrument(
-    emitter: Emitter,
-    *,
-    capture_prompts: Optional[bool] = None,
-    capture_logprobs: bool = False,
-    heartbeat_interval: Optional[float] = None,
-) -> Instrumentation:
-    """Patch mlx-lm so that every load and generation reports to ``emitter``.
-
-    Calling it again re-targets the patches to the new emitter. With
-    ``heartbeat_interval`` a ``runtime.status`` thread starts too (stopped by
-    :func:`uninstrument`).
-    """
-    global _active
-    with _patch_lock:
-        _restore_locked()
-        instrumentation = Instrumentation(
-            emitter, capture_prompts=capture_prompts, capture_logprobs=capture_logprobs
-        )
-        heartbeat = RuntimeHeartbeat(instrumentation, heartbeat_interval) if heartbeat_interval is not None else None
-        replacements = {
-            "load": (instrumentation._load_fn, instrumentation.load),
-            "stream_generate": (instrumentation._stream_fn, instrumentation.stream_generate),
-            "make_sampler": (instrumentation._make_sampler_fn, instrumentation.make_sampler),
-        }
-        applied: list[tuple[ModuleType, str, Callable[..., Any]]] = []
-        for module in _mlx_lm_modules():
-            for attribute in _PATCHED_NAMES:
-                original, replacement = replacements[attribute]
-                if getattr(module, attribute, None) is original:
-                    setattr(module, attribute, _patch(original, replacement))
-                    applied.append((module, attribute, original))
-        _active = _Patches(instrumentation, applied, heartbeat.start() if heartbeat is not None else None)
-        return instrumentation
-
-
-def uninstrument() -> bool:
-    """Restore mlx-lm's functions; False if nothing was instrumented."""
-    with _patch_lock:
-        return _restore_locked()
-
-
-def _restore_locked() -> bool:
-    global _active
-    if _active is None:
-        return False
-    for module, attribute, original in _active.applied:
-        current = getattr(module, attribute, None)
-        # Leave alone an attribute someone else replaced after us.
-        if getattr(current, "_mlx_telemetry_patch", False):
-            setattr(module, attribute, original)
-    if _active.heartbeat is not None:
-        _active.heartbeat.stop()
-    _active = None
-    return True
-
-
-def current_instrumentation() -> Optional[Instrumentation]:
-    """The instrumentation :func:`instrument` installed, if any."""
-    return _active.instrumentation if _active is not None else None
-
-
-# -- explicit, patch-free entry points ------------------------------------------
-
-_explicit: "weakref.WeakKeyDictionary[Emitter, Instrumentation]" = weakref.WeakKeyDictionary()
-
-
-def _for(emitter: Emitter) -> Instrumentation:
-    instrumentation = _explicit.get(emitter)
-    if instrumentation is None:
-        instrumentation = _explicit[emitter] = Instrumentation(emitter)
-    return instrumentation
-
-
-def load(emitter: Emitter, path_or_hf_repo: str, *args: Any, **kwargs: Any) -> Any:
-    """``mlx_lm.load`` reporting to ``emitter``, without patching anything."""
-    return _for(emitter).load(path_or_hf_repo, *args, **kwargs)
-
-
-def stream_generate(emitter: Emitter, model: Any, tokenizer: Any, prompt: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
-    """``mlx_lm.stream_generate`` reporting to ``emitter``, without patching anything."""
-    return _for(emitter).stream_generate(model, tokenizer, prompt, *args, **kwargs)
-
-
-def generate(emitter: Emitter, model: Any, tokenizer: Any, prompt: Any, **kwargs: Any) -> str:
-    """``mlx_lm.generate`` reporting to ``emitter``, without patching anything."""
-    return _for(emitter).generate(model, tokenizer, prompt, **kwargs)
