@@ -18,12 +18,12 @@ from typing import Any, Iterator, Optional, Sequence
 import pytest
 import redis
 
-from collector.alerts.rules import AlertRecord
+from collector.alerts.records import AlertRecord
 from collector.embedded import RedisProcess
 from emitters import Emitter
 from emitters.events import Event, encode
 from emitters.streams import stream_names
-from tests.alerts_support import Receiver, custom, error_event, stream_alerts
+from tests.support.alerts import Receiver, custom, error_event, stream_alerts
 from tests.test_deploy import console_script
 from tests.test_tools_support import wait_for
 

@@ -1,7 +1,7 @@
 """``telemetry-collector alerts``: what is firing now and the latest notifications.
 
-Reads the shared alert state (``{prefix}:alerts:state``) and the alerts
-stream (``{prefix}:alerts``); changes nothing.
+Reads one consumer group's alert state (``{prefix}:alerts:{group}:state``)
+and the alerts stream (``{prefix}:alerts``); changes nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from typing import Any
 import click
 import msgspec
 
-from collector.alerts.rules import AlertRecord, StoredAlert
+from collector.alerts.records import AlertRecord, StoredAlert
 from collector.alerts.state import AlertState
+from collector.config import CollectorConfig
 from collector.tools.common import Target, ToolCommand, echo, echo_json, format_age, redis_options
 
 __all__ = ["alerts"]
+
+DEFAULT_GROUP = CollectorConfig().group
 
 _STATUS_STYLE: dict[str, dict[str, Any]] = {
     "firing": {"fg": "red", "bold": True},
@@ -65,6 +68,16 @@ def recent_row(record: AlertRecord) -> str:
     )
 
 
+group_option = click.option(
+    "--group",
+    envvar="TELEMETRY_GROUP",
+    show_envvar=True,
+    default=DEFAULT_GROUP,
+    show_default=True,
+    help="Consumer group whose alerts to show (each group keeps its own alert state).",
+)
+
+
 @click.command("alerts", cls=ToolCommand)
 @redis_options
 @click.option(
@@ -75,11 +88,12 @@ def recent_row(record: AlertRecord) -> str:
     help="How many of the latest notifications to list (0: none).",
 )
 @click.option("--active", "active_only", is_flag=True, help="Only the alerts firing now.")
-def alerts(target: Target, limit: int, active_only: bool) -> None:
+@group_option
+def alerts(target: Target, limit: int, active_only: bool, group: str) -> None:
     """Alerts firing now, then the latest notifications (firing, repeated, resolved)."""
     client = target.connect("alerts")
     try:
-        state = AlertState(client, target.names)
+        state = AlertState(client, target.names, group)
         firing = sorted(
             (stored for stored in state.alerts().values() if stored.status == "firing"),
             key=lambda stored: stored.record.starts_at,

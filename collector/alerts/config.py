@@ -404,3 +404,9 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def cooldown_for(self, rule: Rule) -> float:
         return self.cooldown if rule.cooldown is None else rule.cooldown
+
+    def hold_for(self, rule_name: str) -> float:
+        """How long a receiver should keep a firing alert of ``rule_name`` active without news:
+        twice its repeat interval, so it resolves on its own only if we stop sending altogether."""
+        rule = next((rule for rule in self.active_rules() if rule.name == rule_name), None)
+        return 2 * (self.repeat_interval if rule is None else self.repeat_interval_for(rule))

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import msgspec
 import redis
 
 from collector.alerts.config import AlertsConfig
-from collector.alerts.rules import AlertRecord
+from collector.alerts.records import AlertRecord
+from collector.alerts.stage import AlertStage
+from collector.alerts.state import AlertState
 from collector.durations import dec_hook
 from collector.records import Record
+from emitters.streams import stream_names
 from emitters.events import CustomEvent, ErrorEvent, Event, GenerationCompleted, RuntimeStatus, encode, is_error
 
 _alert = msgspec.json.Decoder(AlertRecord)
@@ -67,8 +71,13 @@ def custom(ts: float, type: str, *, service: str = "engine", **attrs: Any) -> Cu
     return CustomEvent(**envelope(ts, service, type=type, attrs=attrs))
 
 
+_entry_ids = itertools.count(1)
+
+
 def record(event: Event) -> Record:
-    return Record(stream="errors" if is_error(event) else "events", stream_id="1-0", event=event, raw=encode(event))
+    """A delivered entry of ``event`` (each call a new entry id, as Redis would give)."""
+    entry_id = f"{int(event.ts // 1_000_000)}-{next(_entry_ids)}"
+    return Record(stream="errors" if is_error(event) else "events", stream_id=entry_id, event=event, raw=encode(event))
 
 
 def records(*events: Event) -> list[Record]:
@@ -134,3 +143,21 @@ class Receiver:
         self.hold.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+GROUP = "telemetry-collectors"
+
+
+def make_stage(
+    client: redis.Redis,
+    config: AlertsConfig,
+    *,
+    group: str = GROUP,
+    clock: Callable[[], float] = time.time,
+    channels: Sequence[Any] = (),
+    prefix: str = "telemetry",
+    log: Any = None,
+) -> AlertStage:
+    """An alert stage of consumer group ``group`` on ``client``, as the pipeline builds it."""
+    state = AlertState(client, stream_names(prefix), group, history=config.history)
+    return AlertStage(config, state, channels, clock=clock, log=log)
