@@ -398,3 +398,33 @@ class TestRedisOutage:
         engine.tick()
         (alert,) = of_rule(redis_client, "failed-jobs")
         assert alert.value == 3.0 and alert.labels["queue"] == "q1"
+
+
+class TestCountedOnce:
+    def test_a_redelivered_batch_adds_nothing(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
+        """The same entries written again (a redelivery, a claim) leave counts and value statistics as they were."""
+        rule = {**TTFT, "name": "ttft-count", "aggregate": "count", "threshold": 100, "group_by": []}
+        engine = make_engine(rules=[rule], disable=["new-error-kind"])
+        errors, slow = burst(clock, 6), records(*(completed(clock.now, ttft_ms=3000.0) for _ in range(4)))
+        for _ in range(3):
+            engine.write(errors + slow)
+        engine.write(burst(clock, 5))
+        engine.tick()
+        (critical,) = of_rule(redis_client, "critical-errors")
+        assert critical.value == 11.0
+        stats = engine.state.snapshot(engine.rules, clock.now).measures["ttft-count"]
+        assert stats["[]"].value == 4.0
+
+    def test_groups_keep_separate_state(self, redis_server: RedisProcess, clock: FakeClock, redis_client: redis.Redis) -> None:
+        """Two consumer groups seeing the same events each count them, and each fires its own alert."""
+        stages = [make_stage(redis_server.client(), alerts_config(disable=["new-error-kind"]), group=group, clock=clock) for group in ("a", "b")]
+        try:
+            batch = burst(clock, 11)
+            for stage in stages:
+                stage.write(batch)
+                stage.tick()
+        finally:
+            for stage in stages:
+                stage.close(timeout=1.0)
+        fired = of_rule(redis_client, "critical-errors")
+        assert sorted((alert.group, alert.value) for alert in fired) == [("a", 11.0), ("b", 11.0)]

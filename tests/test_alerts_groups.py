@@ -1,0 +1,83 @@
+"""Alert state per consumer group, and each stream entry counted once: real collectors, real faults."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from collector.alerts.records import StoredAlert
+from emitters.events import Event
+from tests.support.alert_processes import GROUP, NAMES, add, alerts_of, collectors, settle  # noqa: F401 - fixture
+from tests.support.alerts import error_event
+from tests.test_tools_support import wait_for
+
+# The built-in critical-errors rule alone: more than 10 critical errors in 1m.
+CONFIG = """
+[alerts]
+repeat_interval = "1h"
+disable = ["new-error-kind", "service-errors", "collector-lag"]
+"""
+
+
+def criticals(count: int) -> list[Event]:
+    return [error_event(time.time(), service="api", severity="critical", message=f"fatal #{n}") for n in range(count)]
+
+
+def window_count(client: redis.Redis, group: str, rule: str = "critical-errors") -> int:
+    """What the group's window holds for ``rule``, summed over its slices."""
+    keys = client.scan_iter(match=f"{NAMES.alerts}:{group}:rate:{rule}:*")
+    return sum(int(n) for key in keys for n in client.hgetall(key).values())
+
+
+def stored(client: redis.Redis, group: str, rule: str = "critical-errors") -> list[StoredAlert]:
+    import msgspec
+
+    raw = client.hgetall(f"{NAMES.alerts}:{group}:state").values()
+    return [alert for alert in (msgspec.json.decode(item, type=StoredAlert) for item in raw) if alert.record.rule == rule]
+
+
+class TestTwoGroups:
+    def test_each_group_fires_once_with_the_full_count(self, collectors: Any, redis_client: redis.Redis) -> None:
+        """Two groups read the same 12 critical errors: each group's rule fires once, counting 12, not 24."""
+        collectors(CONFIG, "a1", "--group", "group-a")
+        collectors(CONFIG, "b1", "--group", "group-b")
+        add(redis_client, criticals(12))
+        settle(redis_client, 2.5, "group-a", "group-b")
+        fired = alerts_of(redis_client, "critical-errors", "firing")
+        assert sorted((alert.group, alert.value) for alert in fired) == [("group-a", 12.0), ("group-b", 12.0)]
+        assert window_count(redis_client, "group-a") == window_count(redis_client, "group-b") == 12
+
+
+class TestRedelivery:
+    def test_entries_redelivered_after_sigkill_count_once(
+        self, collectors: Any, redis_client: redis.Redis, tmp_path: Path
+    ) -> None:
+        """Entries counted but not acked when the collector died are redelivered on restart and not counted again.
+
+        The collector's Redis user may not XACK (an ACL), so every entry it
+        counts stays pending; it is SIGKILLed, the right is given back, and a
+        restart with the same consumer name reads its pending entries again.
+        """
+        redis_client.execute_command("ACL", "SETUSER", "collector", "on", ">pw", "~*", "&*", "+@all", "-xack")
+        env = {"TELEMETRY_REDIS_USERNAME": "collector", "TELEMETRY_REDIS_PASSWORD": "pw"}
+        first = collectors(CONFIG, "c1", env=env)
+        add(redis_client, criticals(12))
+        wait_for(lambda: window_count(redis_client, GROUP) == 12, timeout=30, what="the errors counted")
+        assert redis_client.xpending(NAMES.errors, GROUP)["pending"] == 12
+        assert first.process is not None
+        first.process.kill()
+        first.process.wait()
+
+        redis_client.execute_command("ACL", "SETUSER", "collector", "+xack")
+        collectors(CONFIG, "c1", env=env)
+        settle(redis_client)
+        logged = [json.loads(line)["id"] for path in (tmp_path / "logs").glob("errors-*.jsonl") for line in path.read_text().splitlines()]
+        assert len(logged) == 24 and len(set(logged)) == 12  # every entry went through the sinks twice
+        assert window_count(redis_client, GROUP) == 12
+        (alert,) = stored(redis_client, GROUP)
+        assert alert.status == "firing" and alert.record.value == 12.0
+        assert len(alerts_of(redis_client, "critical-errors")) == 1
