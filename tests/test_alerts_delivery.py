@@ -58,7 +58,7 @@ class _Log:
 def engine_with(redis_server: RedisProcess, clock: FakeClock, **raw: Any) -> AlertStage:
     """A stage with the channels the pipeline would build: JSONL in ``jsonl_dir``, the configured webhook."""
     jsonl_dir, log = raw.pop("jsonl_dir", None), raw.pop("log", None)
-    config = alerts_config(**raw)
+    config = alerts_config(**{"group_wait": "0s", "group_interval": "0s", **raw})
     channels: list[Any] = []
     if jsonl_dir is not None:
         channels.append(JsonlChannel(str(jsonl_dir), max_bytes=1 << 20, retention_days=14))
@@ -243,7 +243,7 @@ class TestOtlpChannel:
         """With OTLP on, a firing alert arrives at a real OTLP receiver as a log record with severity."""
         settings = OtlpConfig(endpoint=otlp_backend.http_endpoint, protocol="http", token=TOKEN).resolve({})
         clock = FakeClock()
-        engine = make_stage(redis_server.client(), alerts_config(disable=["new-error-kind"]), clock=clock, channels=[OtlpChannel(settings)])
+        engine = make_stage(redis_server.client(), alerts_config(disable=["new-error-kind"], group_wait="0s"), clock=clock, channels=[OtlpChannel(settings)])
         try:
             fire_critical(engine, clock)
             assert otlp_backend.wait_for(lambda: len(otlp_backend.log_records()) >= 2)

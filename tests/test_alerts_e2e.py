@@ -201,6 +201,7 @@ class TestValueAndAbsenceProcess:
 WEBHOOK_CONFIG = """
 [alerts]
 disable = ["new-error-kind", "service-errors"]
+group_wait = "0s"
 
 [alerts.webhook]
 url = "{url}"

@@ -37,6 +37,7 @@ __all__ = [
     "AbsenceRule",
     "Rule",
     "WebhookConfig",
+    "InhibitRule",
     "AlertsConfig",
     "DEFAULT_RULES",
     "CLI_OPTIONS",
@@ -305,6 +306,22 @@ class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return headers
 
 
+class InhibitRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Alertmanager's inhibition: while an alert matching ``source_match`` fires, alerts matching
+    ``target_match`` with the same values of the ``equal`` labels are not notified.
+
+    Matches compare label values for equality; ``alertname`` is the rule's name.
+    """
+
+    source_match: Dict[LabelName, str]
+    target_match: Dict[LabelName, str]
+    equal: List[LabelName] = []
+
+    def __post_init__(self) -> None:
+        if not self.source_match or not self.target_match:
+            raise ValueError("source_match and target_match: each needs at least one label")
+
+
 # `run` options bound to fields of this section: (flag, field, help); rules live in the TOML file.
 CLI_OPTIONS: tuple[tuple[str, ...], ...] = (
     ("--alerts/--no-alerts", "enabled", "Evaluate the alert rules ([alerts] in the config) [default: on]."),
@@ -360,7 +377,14 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     defaults: bool = True
     disable: List[str] = []
     rules: List[Rule] = []
+    # Notification policy (Alertmanager's route): alerts with the same values of these labels
+    # (``alertname`` is the rule) go out together, ``group_wait`` after the group's first alert,
+    # then at most every ``group_interval`` when it changes, and again every ``repeat_interval``.
+    group_by: List[LabelName] = msgspec.field(default_factory=lambda: ["alertname"])
+    group_wait: Duration = Duration(30)
+    group_interval: Duration = Duration(300)
     repeat_interval: Duration = Duration(3600)
+    inhibit_rules: List[InhibitRule] = []
     resolve_after: Duration = Duration(120)
     cooldown: Duration = Duration(300)
     evaluate_interval: Duration = Duration(1)
@@ -371,6 +395,8 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         _positive("repeat_interval", self.repeat_interval)
         _positive("evaluate_interval", self.evaluate_interval)
+        if len(set(self.group_by)) != len(self.group_by):
+            raise ValueError(f"group_by: a label is listed twice in {self.group_by}")
         seen: dict[str, int] = {}
         for index, rule in enumerate(self.rules):
             if rule.name in seen:

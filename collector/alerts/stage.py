@@ -4,7 +4,10 @@ The daemon calls :meth:`AlertStage.write` with every batch its sinks
 accepted, :meth:`AlertStage.observe_lag` with the unacked count of each
 stream, and :meth:`AlertStage.tick` about once a second. Observations go
 into the consumer group's shared state in Redis at once (``new`` rules fire
-right there); windows are evaluated on ticks, at most every ``evaluate_interval``.
+right there); windows are evaluated on ticks, at most every ``evaluate_interval``,
+and then the notification policy (:mod:`collector.alerts.notify`) decides what
+goes to the channels: the log, JSONL, OTLP and the webhook. The alerts stream
+gets every transition from the state itself.
 
 Redis being away never reaches the daemon as an exception: what a batch adds
 is kept (merged, bounded) and written on a later call, and the outage is
@@ -25,9 +28,11 @@ from collector.alerts.channels import build_channels
 from collector.alerts.config import AlertsConfig
 from collector.alerts.delivery import Channel, Delivery
 from collector.alerts.kinds import compile_rules
+from collector.alerts.notify import Notifier
 from collector.alerts.observation import Observation, Relevance
 from collector.alerts.records import AlertRecord
 from collector.alerts.rules import collect, plan, warming_up
+from collector.alerts.silences import SilenceStore
 from collector.alerts.state import AlertState
 from collector.alerts.windows import Updates
 from collector.records import Record
@@ -70,6 +75,8 @@ class AlertStage:
         self.state = state
         retries = {"webhook": config.webhook.retries} if config.webhook is not None else {}
         self.delivery = Delivery(channels, log=self._log, queue_size=config.queue_size, retries=retries)
+        silences = SilenceStore(state.client, state.names)
+        self.notifier = Notifier(config, state, silences.all, self._notify)
         self.counters: Counter[str] = Counter()
         self._pending = Updates()
         self._lock = Lock()
@@ -119,12 +126,12 @@ class AlertStage:
                 snapshot = self.state.snapshot(self.rules, now)
                 withheld = warming_up(self.rules, self._listening_since, now)
                 candidates, expired = plan(self.rules, snapshot, now, self.config, withheld=withheld)
-                notifications = self.state.transition(candidates, expired, now)
+                self._count(self.state.transition(candidates, expired, now))
+                self.notifier.tick(self.state.alerts(), now)
             except redis.RedisError as exc:
                 self._state_failed(exc)
                 return
             self._state_ok()
-            self._publish(notifications)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is pending (one try) and let the channels finish within ``timeout``."""
@@ -154,7 +161,7 @@ class AlertStage:
                 self.state.record(pending)
                 pending.counts, pending.samples, pending.seen = {}, {}, {}
             for rule in self.rules:
-                self._publish(rule.write_pending(self.state, pending, now))
+                self._count(rule.write_pending(self.state, pending, now))
         except redis.RedisError as exc:
             self._state_failed(exc)
             size = pending.size()
@@ -164,7 +171,11 @@ class AlertStage:
             return
         self._state_ok()
 
-    def _publish(self, records: Sequence[AlertRecord]) -> None:
+    def _count(self, transitions: Sequence[AlertRecord]) -> None:
+        for record in transitions:
+            self.counters[record.status] += 1
+
+    def _notify(self, records: Sequence[AlertRecord]) -> None:
         for record in records:
             self.counters[f"notified_{record.status}"] += 1
         self.delivery.publish(records)

@@ -236,6 +236,7 @@ class AlertState:
 
     def __init__(self, client: redis.Redis, names: StreamNames, group: str, *, history: int = 10_000) -> None:
         self.client = client
+        self.names = names
         self.group = group
         self.stream = names.alerts
         self.base = f"{names.alerts}:{group}"

@@ -554,7 +554,7 @@ def _print_summary(
 
 def _alert_text(fields: dict[bytes, bytes]) -> str:
     """One line for an ``{prefix}:alerts`` entry (an ``alert`` field holding a JSON AlertRecord)."""
-    from collector.alerts.rules import AlertRecord
+    from collector.alerts.records import AlertRecord
 
     try:
         record = msgspec.json.decode(fields[b"alert"], type=AlertRecord)
