@@ -56,7 +56,7 @@ class TestAlertsCommand:
         data = json.loads(result.output)
         assert len(data["recent"]) == 1 and len(data["active"]) == 2
         other = json.loads(CliRunner().invoke(main, ["alerts", "--redis-url", redis_server.url, "--json"]).output)
-        assert other == {"active": [], "recent": []}
+        assert other == {"group": "telemetry-collectors", "active": [], "silences": [], "recent": []}
 
     def test_unreachable_redis_is_one_line_exit_1(self) -> None:
         """Redis out of reach: one line on stderr and exit status 1, like the other tools."""

@@ -19,7 +19,7 @@ from collector.embedded import RedisProcess
 from collector.otlp.config import OtlpConfig
 from collector.otlp.transport import ExportResult, Rejected
 from collector.sinks import SinkUnavailable
-from tests.support.alerts import FakeClock, Receiver, alerts_config, error_event, make_stage, records, stream_alerts
+from tests.support.alerts import FakeClock, LogCapture, Receiver, alerts_config, error_event, make_stage, records, stream_alerts
 from tests.test_tools_support import wait_for
 from tests.otlp_backend import TOKEN, OtlpBackend, attributes, otlp_backend  # noqa: F401 - fixture
 
@@ -43,16 +43,6 @@ def record(rule: str = "service-errors", **overrides: Any) -> AlertRecord:
     )
     fields.update(overrides)
     return AlertRecord(**fields)
-
-
-class _Log:
-    """A structlog-shaped logger that keeps the events (to assert on what was logged)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __getattr__(self, level: str) -> Any:
-        return lambda event, **fields: self.lines.append((level, event, fields))
 
 
 def engine_with(redis_server: RedisProcess, clock: FakeClock, **raw: Any) -> AlertStage:
@@ -131,7 +121,7 @@ class TestWebhook:
     def test_client_error_is_not_retried(self, receiver: Receiver) -> None:
         """A 400 is final: one request, counted as rejected."""
         receiver.statuses = [400]
-        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=5, log=_Log(), backoff=0.01)
+        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=5, log=LogCapture(), backoff=0.01)
         worker.put(record())
         wait_for(lambda: worker.lost["rejected"] == 1, what="the rejection")
         worker.close(timeout=2)
@@ -140,7 +130,7 @@ class TestWebhook:
     def test_retries_exhausted_count_as_failed(self, receiver: Receiver) -> None:
         """A receiver that keeps failing gets retries+1 attempts, then the alert is counted lost."""
         receiver.statuses = [503]
-        log = _Log()
+        log = LogCapture()
         worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=2, log=log, backoff=0.01)
         worker.put(record())
         wait_for(lambda: worker.lost["failed"] == 1, what="giving up")
@@ -151,7 +141,7 @@ class TestWebhook:
     def test_full_queue_drops_and_counts(self, receiver: Receiver) -> None:
         """Publishing never waits: past the queue's bound, alerts are dropped and counted."""
         receiver.hold.clear()
-        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=2, retries=0, log=_Log())
+        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=2, retries=0, log=LogCapture())
         worker.put(record())
         wait_for(lambda: worker.queued() == 0, what="the worker to take the first alert")
         for _ in range(5):
@@ -164,7 +154,7 @@ class TestWebhook:
     def test_close_cuts_retry_waits_short(self, receiver: Receiver) -> None:
         """Closing during a long backoff gives up at once and counts the alert as lost to shutdown."""
         receiver.statuses = [500]
-        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=5, log=_Log(), backoff=60.0, max_backoff=60.0)
+        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=5, log=LogCapture(), backoff=60.0, max_backoff=60.0)
         worker.put(record())
         wait_for(lambda: len(receiver.requests) == 1, what="the first attempt")
         worker.close(timeout=5)
@@ -190,7 +180,7 @@ class TestJsonlAndLog:
     def test_alerts_file_and_log_levels(self, redis_server: RedisProcess, tmp_path: Path) -> None:
         """Notifications land in alerts-YYYY-MM-DD.jsonl; the log says error for critical, warning, then info."""
         clock = FakeClock()
-        log = _Log()
+        log = LogCapture()
         engine = engine_with(redis_server, clock, jsonl_dir=tmp_path, log=log, resolve_after="0s", disable=["new-error-kind"])
         try:
             fire_critical(engine, clock)
@@ -260,7 +250,7 @@ class TestOtlpChannel:
     def test_transient_failure_is_retried(self) -> None:
         """A 503 from the OTLP backend is retried; the alert goes out as one logs request."""
         transport = _FlakyTransport(failures=1)
-        worker = ChannelWorker(_otlp_channel(transport), queue_size=10, retries=3, log=_Log(), backoff=0.01)
+        worker = ChannelWorker(_otlp_channel(transport), queue_size=10, retries=3, log=LogCapture(), backoff=0.01)
         worker.put(record(labels={"severity": "critical"}))
         wait_for(lambda: worker.sent == 1, what="the OTLP export")
         worker.close(timeout=2)
@@ -269,7 +259,7 @@ class TestOtlpChannel:
 
     def test_permanent_rejection_is_not_retried(self) -> None:
         """A rejected export is final and counted."""
-        worker = ChannelWorker(_otlp_channel(_FlakyTransport(0, reject=True)), queue_size=10, retries=3, log=_Log(), backoff=0.01)
+        worker = ChannelWorker(_otlp_channel(_FlakyTransport(0, reject=True)), queue_size=10, retries=3, log=LogCapture(), backoff=0.01)
         worker.put(record())
         wait_for(lambda: worker.lost["rejected"] == 1, what="the rejection")
         worker.close(timeout=2)

@@ -8,7 +8,7 @@ import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import msgspec
 import redis
@@ -161,3 +161,21 @@ def make_stage(
     """An alert stage of consumer group ``group`` on ``client``, as the pipeline builds it."""
     state = AlertState(client, stream_names(prefix), group, history=config.history)
     return AlertStage(config, state, channels, clock=clock, log=log)
+
+
+class LogCapture:
+    """A structlog-shaped logger that keeps the events (to assert on what was logged)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+    def notified(self, rule: Optional[str] = None) -> list[tuple[str, str]]:
+        """(rule, status) of every notification logged, oldest first."""
+        return [
+            (fields["rule"], fields["status"])
+            for _, event, fields in self.lines
+            if event in ("alert_firing", "alert_resolved") and rule in (None, fields["rule"])
+        ]
