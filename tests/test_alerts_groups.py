@@ -1,8 +1,10 @@
-"""Alert state per consumer group, and each stream entry counted once: real collectors, real faults."""
+"""Alert state per consumer group, each stream entry counted once, silences obeyed by every collector:
+real collectors, real faults, the real CLI."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -10,9 +12,11 @@ from typing import Any
 import redis
 
 from collector.alerts.records import StoredAlert
+from collector.embedded import RedisProcess
 from emitters.events import Event
-from tests.support.alert_processes import GROUP, NAMES, add, alerts_of, collectors, settle  # noqa: F401 - fixture
-from tests.support.alerts import error_event
+from tests.support.alert_processes import GROUP, NAMES, add, alerts_of, clean_env, collectors, settle  # noqa: F401 - fixture
+from tests.support.alerts import Receiver, error_event
+from tests.test_deploy import console_script
 from tests.test_tools_support import wait_for
 
 # The built-in critical-errors rule alone: more than 10 critical errors in 1m.
@@ -81,3 +85,55 @@ class TestRedelivery:
         (alert,) = stored(redis_client, GROUP)
         assert alert.status == "firing" and alert.record.value == 12.0
         assert len(alerts_of(redis_client, "critical-errors")) == 1
+
+
+SILENCED_CONFIG = """
+[alerts]
+group_wait = "0s"
+group_interval = "1s"
+disable = ["new-error-kind", "service-errors", "collector-lag"]
+
+[alerts.webhook]
+url = "{url}"
+format = "json"
+"""
+
+
+def cli(redis_url: str, *args: str) -> str:
+    done = subprocess.run(
+        [console_script(), "alerts", *args, "--redis-url", redis_url], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+class TestSilenceAcrossCollectors:
+    def test_cli_silence_holds_two_collectors_until_it_expires(
+        self, collectors: Any, redis_server: RedisProcess, redis_client: redis.Redis
+    ) -> None:
+        """A silence set by one `alerts silence` process holds back the webhook in two running collectors;
+        `alerts expire` lets both through; both changes are in the alerts stream."""
+        receiver = Receiver()
+        try:
+            for name, group in (("a1", "group-a"), ("b1", "group-b")):
+                collectors(SILENCED_CONFIG.format(url=receiver.url), name, "--group", group)
+            silence_id = cli(redis_server.url, "silence", "--matcher", "rule=critical-errors", "--for", "1h",
+                             "--comment", "maintenance", "--author", "ops").strip()  # fmt: skip
+            add(redis_client, criticals(12))
+            settle(redis_client, 3.0, "group-a", "group-b")
+            fired = alerts_of(redis_client, "critical-errors", "firing")
+            assert sorted(alert.group for alert in fired) == ["group-a", "group-b"]
+            assert receiver.requests == []
+            shown = json.loads(cli(redis_server.url, "--group", "group-a", "--json"))
+            assert [row["silenced_by"] for row in shown["active"]] == [silence_id]
+            assert [row["id"] for row in shown["silences"]] == [silence_id]
+
+            assert cli(redis_server.url, "expire", silence_id).strip() == f"expired {silence_id}"
+            bodies = wait_for(lambda: receiver.requests if len(receiver.requests) >= 2 else None, timeout=30, what="both collectors' webhooks")
+            sent = sorted((alert["group"], alert["rule"], alert["value"]) for _, _, body in bodies for alert in body)
+            assert sent == [("group-a", "critical-errors", 12.0), ("group-b", "critical-errors", 12.0)]
+        finally:
+            receiver.close()
+        changes = [json.loads(fields[b"silence"]) for _, fields in redis_client.xrange(NAMES.alerts) if b"silence" in fields]
+        assert [(change["action"], change["silence"]["id"]) for change in changes] == [("created", silence_id), ("expired", silence_id)]
+        assert changes[0]["silence"]["comment"] == "maintenance" and changes[0]["silence"]["created_by"] == "ops"

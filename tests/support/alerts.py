@@ -89,8 +89,8 @@ def alerts_config(**raw: Any) -> AlertsConfig:
 
 
 def stream_alerts(client: redis.Redis, key: str = "telemetry:alerts") -> list[AlertRecord]:
-    """Every record in the alerts stream, oldest first, decoded from the `alert` field."""
-    return [_alert.decode(fields[b"alert"]) for _, fields in client.xrange(key)]
+    """Every alert record in the alerts stream, oldest first, decoded from the `alert` field (silence changes left out)."""
+    return [_alert.decode(fields[b"alert"]) for _, fields in client.xrange(key) if b"alert" in fields]
 
 
 class FakeClock:
