@@ -16,7 +16,6 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from collector.alerts.records import AlertRecord
 from collector.embedded import RedisProcess
 from emitters import Emitter
 from emitters.events import Event

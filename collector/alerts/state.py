@@ -33,12 +33,12 @@ import msgspec
 import redis
 
 from collector.alerts.records import AlertRecord, Candidate, Expired, StoredAlert, iso_time
+from collector.alerts.rules import Snapshot
 from collector.alerts.windows import Updates
 from emitters.streams import StreamNames
 
 if TYPE_CHECKING:
     from collector.alerts.kinds import AlertRule
-    from collector.alerts.rules import Snapshot
 
 __all__ = ["AlertState"]
 
@@ -321,10 +321,8 @@ class AlertState:
 
     # --- reads ---
 
-    def snapshot(self, rules: Sequence["AlertRule"], now: float) -> "Snapshot":
+    def snapshot(self, rules: Sequence["AlertRule"], now: float) -> Snapshot:
         """The measures of the window rules and the alert states, read in one round trip (two for percentiles)."""
-        from collector.alerts.rules import Snapshot
-
         pipe = self.client.pipeline(transaction=False)
         readers = [(rule.name, reader) for rule in rules if (reader := rule.read(self, pipe, now)) is not None]
         pipe.hgetall(self.state_key)
