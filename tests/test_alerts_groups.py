@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from collector.alerts.records import StoredAlert
@@ -44,6 +45,7 @@ def stored(client: redis.Redis, group: str, rule: str = "critical-errors") -> li
     return [alert for alert in (msgspec.json.decode(item, type=StoredAlert) for item in raw) if alert.record.rule == rule]
 
 
+@pytest.mark.slow
 class TestTwoGroups:
     def test_each_group_fires_once_with_the_full_count(self, collectors: Any, redis_client: redis.Redis) -> None:
         """Two groups read the same 12 critical errors: each group's rule fires once, counting 12, not 24."""
@@ -56,6 +58,7 @@ class TestTwoGroups:
         assert window_count(redis_client, "group-a") == window_count(redis_client, "group-b") == 12
 
 
+@pytest.mark.slow
 class TestRedelivery:
     def test_entries_redelivered_after_sigkill_count_once(
         self, collectors: Any, redis_client: redis.Redis, tmp_path: Path
@@ -107,6 +110,7 @@ def cli(redis_url: str, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 class TestSilenceAcrossCollectors:
     def test_cli_silence_holds_two_collectors_until_it_expires(
         self, collectors: Any, redis_server: RedisProcess, redis_client: redis.Redis
