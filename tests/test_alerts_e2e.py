@@ -30,6 +30,8 @@ def criticals(count: int, service: str = "api") -> list[Event]:
 
 BURST_CONFIG = """
 [alerts]
+group_wait = "0s"
+group_interval = "1s"
 resolve_after = "2s"
 cooldown = "0s"
 repeat_interval = "1h"

@@ -197,16 +197,14 @@ def silence(target: Target, matchers: list[LabelMatcher], duration: float, comme
 
 
 @alerts.command("silences")
-@click.option("--all", "show_all", is_flag=True, help="Ended silences too (kept for a week).")
+@click.option("--all", "show_all", is_flag=True, help="Ended silences too (kept for a week after they end).")
 @redis_options
 def silences_(target: Target, show_all: bool) -> None:
     """The silences in force (every collector obeys them)."""
     client = target.connect("alerts")
     try:
-        store = SilenceStore(client, target.names)
         now = time.time()
-        store.prune(now)
-        listed = [silence for silence in store.all() if show_all or silence.active(now)]
+        listed = [silence for silence in SilenceStore(client, target.names).all() if show_all or silence.active(now)]
     finally:
         client.close()
     if target.as_json:

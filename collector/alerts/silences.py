@@ -20,7 +20,7 @@ from emitters.streams import StreamNames
 
 __all__ = ["LabelMatcher", "Silence", "SilenceStore", "parse_matcher", "alert_labels", "silenced_by"]
 
-# Silences over this long are dropped from Redis (they stay in the alerts stream).
+# Silences ended longer ago than this are dropped from Redis (they stay in the alerts stream).
 KEEP_ENDED = 7 * 86400.0
 _MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
 
@@ -96,6 +96,18 @@ def silenced_by(record: AlertRecord, silences: Iterable[Silence], now: float) ->
 _silence_decoder = msgspec.json.Decoder(Silence)
 _encode = msgspec.json.Encoder().encode
 
+# KEYS[1] silences hash, KEYS[2] alerts stream; ARGV[1] id, ARGV[2] silence JSON, ARGV[3] change
+# JSON, ARGV[4] MAXLEN, then the ids of long-ended silences to forget. One script, so the
+# hash and the stream never disagree (and the ACL needs nothing beyond EVALSHA).
+_SAVE = r"""
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'silence', ARGV[3])
+for i = 5, #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
+return 1
+"""
+
 
 class SilenceStore:
     """The silences of one stream prefix in Redis."""
@@ -105,10 +117,11 @@ class SilenceStore:
         self.stream = names.alerts
         self.key = f"{names.alerts}:silences"
         self.history = history
+        self._save_script = client.register_script(_SAVE)
 
     def all(self) -> list[Silence]:
         """Every silence kept, oldest start first."""
-        raw = self.client.hvals(self.key)
+        raw = self.client.hgetall(self.key).values()
         return sorted((_silence_decoder.decode(item) for item in raw), key=lambda item: item.starts_at)
 
     def create(self, matchers: list[LabelMatcher], *, duration: float, comment: str, created_by: str, now: float) -> Silence:
@@ -134,15 +147,8 @@ class SilenceStore:
             self._save("expired", silence, now)
         return silence
 
-    def prune(self, now: float) -> None:
-        """Forget silences that ended long ago."""
-        gone = [item.id for item in self.all() if item.ends_at < now - KEEP_ENDED]
-        if gone:
-            self.client.hdel(self.key, *gone)
-
     def _save(self, action: Literal["created", "expired"], silence: Silence, now: float) -> None:
+        """Store ``silence`` and record the change; silences that ended long ago are forgotten on the way."""
         change = _encode(SilenceChange(action=action, at=now, silence=silence))
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.key, silence.id, _encode(silence))
-        pipe.xadd(self.stream, {"silence": change}, maxlen=self.history, approximate=True)
-        pipe.execute()
+        gone = [item.id for item in self.all() if item.ends_at < now - KEEP_ENDED and item.id != silence.id]
+        self._save_script(keys=[self.key, self.stream], args=[silence.id, _encode(silence), change, self.history, *gone])
