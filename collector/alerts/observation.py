@@ -15,7 +15,8 @@ Scalar = Union[str, int, float, bool]
 class Observation:
     """One event as rules see it: type, service, severity, time and field lookup.
 
-    ``ts`` is unix seconds. Built from a decoded event, or from plain fields
+    ``ts`` is unix seconds; ``key`` identifies the event (its ``id``) for
+    counting it once. Built from a decoded event, or from plain fields
     for the collector's own synthetic events (lag), which only rules naming
     their type in ``filter.type`` see.
     """
@@ -36,8 +37,9 @@ class Observation:
         self.service = service
         self.severity = severity
         self.ts = ts
-        # The idempotence key: a window counts an event once however often its entry is delivered.
-        self.key = None if event is None else event.id[:16]
+        # The idempotence key: a window counts an event once however often its entry is
+        # delivered. Synthetic observations have none (""): they are never delivered twice.
+        self.key = "" if event is None else event.id[:16]
         self.synthetic = event is None
         self._event = event
         self._fields = fields

@@ -39,7 +39,7 @@ class RateKind(AlertRule):
         if ts <= now - self.window:
             return
         bucket = bucket_of(self.window, ts)
-        updates.count(self.name, bucket, bucket_expiry_ms(self.window, bucket), obs.key or "", self.group_key(obs))
+        updates.count(self.name, bucket, bucket_expiry_ms(self.window, bucket), obs.key, self.group_key(obs))
 
     def read(self, state: "AlertState", pipe: Any, now: float) -> Optional[Reader]:
         buckets = window_buckets(self.window, now)

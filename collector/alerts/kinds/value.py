@@ -58,7 +58,7 @@ class ValueKind(AlertRule):
             return
         bucket = bucket_of(self.window, ts)
         expire = bucket_expiry_ms(self.window, bucket)
-        updates.sample(self.name, bucket, self.group_key(obs), expire, self.rule.max_samples, obs.key or "", float(value))
+        updates.sample(self.name, bucket, self.group_key(obs), expire, self.rule.max_samples, obs.key, float(value))
 
     def read(self, state: "AlertState", pipe: Any, now: float) -> Optional[Reader]:
         buckets = list(window_buckets(self.window, now))
