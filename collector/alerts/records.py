@@ -11,7 +11,6 @@ import msgspec
 
 __all__ = [
     "AlertRecord",
-    "Draft",
     "StoredAlert",
     "Candidate",
     "Expired",
@@ -26,6 +25,8 @@ class AlertRecord(msgspec.Struct, kw_only=True):
 
     ``group`` is the consumer group whose collectors raised it: two groups
     reading the same streams keep separate alert state and say whose alert it is.
+    Rules draft a firing record; the shared state sets ``status``,
+    ``starts_at``, ``ends_at`` and ``group`` when it applies it.
     """
 
     rule: str
@@ -35,22 +36,10 @@ class AlertRecord(msgspec.Struct, kw_only=True):
     summary: str
     value: Optional[float]
     threshold: Optional[float]
-    starts_at: str
-    ends_at: Optional[str]
     fingerprint: str
+    starts_at: str = ""
+    ends_at: Optional[str] = None
     group: Optional[str] = None
-
-
-class Draft(msgspec.Struct, kw_only=True):
-    """An alert record before the shared state decides status, starts_at and ends_at."""
-
-    rule: str
-    kind: str
-    labels: dict[str, str]
-    summary: str
-    value: Optional[float]
-    threshold: Optional[float]
-    fingerprint: str
 
 
 class StoredAlert(msgspec.Struct, kw_only=True):
@@ -74,7 +63,7 @@ class Candidate(msgspec.Struct, kw_only=True):
     fp: str
     active: bool
     group: str
-    record: Draft
+    record: AlertRecord
     repeat_interval: float
     resolve_after: float
     cooldown: float

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import AbstractSet, Iterable, Mapping, NamedTuple, Sequence
 
+import msgspec
+
 from collector.alerts.config import AlertsConfig
 from collector.alerts.kinds import AlertRule
 from collector.alerts.observation import Observation
-from collector.alerts.records import Candidate, Draft, Expired, StoredAlert
+from collector.alerts.records import Candidate, Expired, StoredAlert
 from collector.alerts.windows import Measure, Updates
 
 __all__ = ["Snapshot", "collect", "plan", "warming_up"]
@@ -94,15 +96,7 @@ def plan(
             measure = measures.get(stored.group)
             value = measure.value if measure is not None else rule.clear_value
             summary = rule.describe(stored.group, previous.labels, value, firing=False)
-        record = Draft(
-            rule=previous.rule,
-            kind=previous.kind,
-            labels=previous.labels,
-            summary=summary,
-            value=value,
-            threshold=previous.threshold,
-            fingerprint=fp,
-        )
+        record = msgspec.structs.replace(previous, summary=summary, value=value)
         candidates.append(
             Candidate(
                 fp=fp,

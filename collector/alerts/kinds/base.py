@@ -16,7 +16,7 @@ import msgspec
 
 from collector.alerts.config import AlertsConfig, Rule
 from collector.alerts.observation import Matcher, Observation, label_name, label_value
-from collector.alerts.records import AlertRecord, Candidate, Draft, alert_fingerprint
+from collector.alerts.records import AlertRecord, Candidate, alert_fingerprint
 from collector.alerts.windows import Measure, Updates
 from collector.durations import format_duration
 
@@ -120,12 +120,13 @@ class AlertRule:
         extra_labels: Mapping[str, str] = {},
         summary: Optional[str] = None,
         threshold: Optional[float] = None,
-    ) -> Draft:
+    ) -> AlertRecord:
         """A firing record for ``group`` (``summary`` replaces the default text)."""
         labels = self.labels(group, extra_labels)
-        return Draft(
+        return AlertRecord(
             rule=self.name,
             kind=self.kind,
+            status="firing",
             labels=labels,
             summary=self.describe(group, labels, value, firing=True, default=summary),
             value=value,
@@ -133,7 +134,7 @@ class AlertRule:
             fingerprint=alert_fingerprint(self.name, labels),
         )
 
-    def candidate(self, group: str, record: Draft, *, active: bool) -> Candidate:
+    def candidate(self, group: str, record: AlertRecord, *, active: bool) -> Candidate:
         return Candidate(
             fp=record.fingerprint,
             active=active,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from collector.alerts.kinds.base import AlertRule, json_text
 from collector.alerts.observation import Observation, label_name, label_value
-from collector.alerts.records import AlertRecord, Draft
+from collector.alerts.records import AlertRecord
 from collector.alerts.windows import Updates
 from collector.durations import format_duration
 from emitters.fingerprint import fingerprint, message_template
@@ -31,8 +31,8 @@ class Sighting(NamedTuple):
     key: str
     group: str
     ts: float
-    first: Draft
-    regression: Draft
+    first: AlertRecord
+    regression: AlertRecord
 
 
 class NewKind(AlertRule):
