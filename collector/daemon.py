@@ -52,7 +52,7 @@ from collector.sinks.jsonl import JsonlSink
 from emitters.streams import PAYLOAD_FIELD, stream_names
 
 if TYPE_CHECKING:
-    from collector.alerts.engine import AlertEngine
+    from collector.alerts.stage import AlertStage  # issue-14: the alert stage, wired like a sink
 
 __all__ = ["Collector", "Backoff", "Counters", "build_sinks", "consumer_name", "Status"]
 
@@ -186,8 +186,8 @@ def build_sinks(config: Config) -> list[Sink]:
 class Collector:
     """Reads ``{prefix}:errors`` and ``{prefix}:events`` as one consumer of ``group``.
 
-    ``sinks`` defaults to :func:`build_sinks`; ``alert_engine`` (optional, see
-    :func:`collector.alerts.engine.build_engine`) sees every delivered batch,
+    ``sinks`` defaults to :func:`build_sinks`; ``alert_engine`` (the alert stage, optional, see
+    :func:`collector.pipeline.build_collector`) is written every delivered batch, sees
     the lag and a tick once a second; ``notifier`` defaults to systemd's from
     the environment; ``client`` to a connection to ``config.redis.url``.
     :meth:`run` blocks until :meth:`request_stop` (thread- and signal-safe)
@@ -199,7 +199,7 @@ class Collector:
         config: Config,
         *,
         sinks: Optional[Sequence[Sink]] = None,
-        alert_engine: Optional["AlertEngine"] = None,
+        alert_engine: Optional["AlertStage"] = None,
         notifier: Optional[SystemdNotifier] = None,
         client: Optional[redis.Redis] = None,
     ) -> None:
@@ -591,7 +591,7 @@ class Collector:
             if batch.records:
                 self._write_sinks(batch)
                 if self.alert_engine is not None:
-                    self.alert_engine.observe(batch.records)
+                    self.alert_engine.write(batch.records)
                 self.counters.client_dropped += record_client_reports(self._redis, self.names, batch.records)
             batch.delivered = True
             self.counters.written += len(batch.records) - batch.rejected

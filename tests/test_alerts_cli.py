@@ -7,21 +7,19 @@ import json
 import redis
 from click.testing import CliRunner
 
-from collector.alerts.engine import AlertEngine
 from collector.cli import main
 from collector.embedded import RedisProcess, free_port
-from emitters.streams import stream_names
-from tests.alerts_support import FakeClock, alerts_config, error_event, records
+from tests.support.alerts import FakeClock, alerts_config, error_event, make_stage, records
 
 
 def fire_and_resolve(redis_server: RedisProcess, prefix: str = "telemetry") -> None:
     """service-errors fires for api and resolves; critical-errors fires and stays firing."""
     clock = FakeClock()
-    engine = AlertEngine(alerts_config(resolve_after="0s", disable=["new-error-kind"]), redis_server.client(), stream_names(prefix), clock=clock)
-    engine.observe(records(*(error_event(clock.now, service="api", severity="critical") for _ in range(11))))
+    engine = make_stage(redis_server.client(), alerts_config(resolve_after="0s", disable=["new-error-kind"]), clock=clock, prefix=prefix)
+    engine.write(records(*(error_event(clock.now, service="api", severity="critical") for _ in range(11))))
     engine.tick()
     clock.advance(30)
-    engine.observe(records(*(error_event(clock.now, service="batch", severity="critical") for _ in range(11))))
+    engine.write(records(*(error_event(clock.now, service="batch", severity="critical") for _ in range(11))))
     clock.advance(31)  # the api burst has left the window; the batch one is still in it
     engine.tick()
     engine.close(timeout=1)
@@ -58,7 +56,7 @@ class TestAlertsCommand:
         data = json.loads(result.output)
         assert len(data["recent"]) == 1 and len(data["active"]) == 2
         other = json.loads(CliRunner().invoke(main, ["alerts", "--redis-url", redis_server.url, "--json"]).output)
-        assert other == {"active": [], "recent": []}
+        assert other == {"group": "telemetry-collectors", "active": [], "silences": [], "recent": []}
 
     def test_unreachable_redis_is_one_line_exit_1(self) -> None:
         """Redis out of reach: one line on stderr and exit status 1, like the other tools."""

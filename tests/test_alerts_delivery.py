@@ -1,30 +1,28 @@
-"""Alert delivery through real sockets and files: webhook (Alertmanager and JSON), JSONL, OTLP hook."""
+"""Alert delivery through real sockets and files: webhook (Alertmanager and JSON), JSONL, OTLP."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import msgspec
 import pytest
 
 from collector.alerts.config import WebhookConfig
-from collector.alerts.delivery import ChannelWorker, OtlpChannel, WebhookChannel
-from collector.alerts.engine import AlertEngine
-from collector.alerts.rules import AlertRecord
+from collector.alerts.channels import JsonlChannel, OtlpChannel, WebhookChannel
+from collector.alerts.delivery import ChannelWorker
+from collector.alerts.records import AlertRecord
+from collector.alerts.stage import AlertStage
 from collector.durations import dec_hook
 from collector.embedded import RedisProcess
-from collector.records import Record
 from collector.otlp.config import OtlpConfig
-from collector.otlp.sink import OtlpSink
-from collector.sinks import SinkRejected, SinkUnavailable
-from emitters.streams import stream_names
-from tests.alerts_support import FakeClock, Receiver, alerts_config, error_event, records, stream_alerts
+from collector.otlp.transport import ExportResult, Rejected
+from collector.sinks import SinkUnavailable
+from tests.support.alerts import FakeClock, LogCapture, Receiver, alerts_config, error_event, make_stage, records, stream_alerts
 from tests.test_tools_support import wait_for
 from tests.otlp_backend import TOKEN, OtlpBackend, attributes, otlp_backend  # noqa: F401 - fixture
 
-NAMES = stream_names("telemetry")
 
 
 @pytest.fixture
@@ -47,23 +45,20 @@ def record(rule: str = "service-errors", **overrides: Any) -> AlertRecord:
     return AlertRecord(**fields)
 
 
-class _Log:
-    """A structlog-shaped logger that keeps the events (to assert on what was logged)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __getattr__(self, level: str) -> Any:
-        return lambda event, **fields: self.lines.append((level, event, fields))
-
-
-def engine_with(redis_server: RedisProcess, clock: FakeClock, **raw: Any) -> AlertEngine:
-    options = {k: raw.pop(k) for k in ("jsonl_dir", "log") if k in raw}
-    return AlertEngine(alerts_config(**raw), redis_server.client(), NAMES, clock=clock, **options)
+def engine_with(redis_server: RedisProcess, clock: FakeClock, **raw: Any) -> AlertStage:
+    """A stage with the channels the pipeline would build: JSONL in ``jsonl_dir``, the configured webhook."""
+    jsonl_dir, log = raw.pop("jsonl_dir", None), raw.pop("log", None)
+    config = alerts_config(**{"group_wait": "0s", "group_interval": "0s", **raw})
+    channels: list[Any] = []
+    if jsonl_dir is not None:
+        channels.append(JsonlChannel(str(jsonl_dir), max_bytes=1 << 20, retention_days=14))
+    if config.webhook is not None:
+        channels.append(WebhookChannel(config.webhook, hold=config.hold_for))
+    return make_stage(redis_server.client(), config, clock=clock, channels=channels, log=log)
 
 
-def fire_critical(engine: AlertEngine, clock: FakeClock, count: int = 11) -> None:
-    engine.observe(records(*(error_event(clock.now, severity="critical", service="api") for _ in range(count))))
+def fire_critical(engine: AlertStage, clock: FakeClock, count: int = 11) -> None:
+    engine.write(records(*(error_event(clock.now, severity="critical", service="api") for _ in range(count))))
     engine.tick()
 
 
@@ -112,7 +107,7 @@ class TestWebhook:
             fire_critical(engine, clock)
             for round_ in range(5):
                 clock.advance(1)
-                engine.observe(records(error_event(clock.now, error_type=f"Kind{round_}Error")))
+                engine.write(records(error_event(clock.now, error_type=f"Kind{round_}Error")))
                 engine.tick()
             client = redis_server.client()
             assert len([alert for alert in stream_alerts(client) if alert.rule == "new-error-kind"]) == 6
@@ -126,7 +121,7 @@ class TestWebhook:
     def test_client_error_is_not_retried(self, receiver: Receiver) -> None:
         """A 400 is final: one request, counted as rejected."""
         receiver.statuses = [400]
-        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=5, log=_Log(), backoff=0.01)
+        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=5, log=LogCapture(), backoff=0.01)
         worker.put(record())
         wait_for(lambda: worker.lost["rejected"] == 1, what="the rejection")
         worker.close(timeout=2)
@@ -135,7 +130,7 @@ class TestWebhook:
     def test_retries_exhausted_count_as_failed(self, receiver: Receiver) -> None:
         """A receiver that keeps failing gets retries+1 attempts, then the alert is counted lost."""
         receiver.statuses = [503]
-        log = _Log()
+        log = LogCapture()
         worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=2, log=log, backoff=0.01)
         worker.put(record())
         wait_for(lambda: worker.lost["failed"] == 1, what="giving up")
@@ -146,7 +141,7 @@ class TestWebhook:
     def test_full_queue_drops_and_counts(self, receiver: Receiver) -> None:
         """Publishing never waits: past the queue's bound, alerts are dropped and counted."""
         receiver.hold.clear()
-        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=2, retries=0, log=_Log())
+        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=2, retries=0, log=LogCapture())
         worker.put(record())
         wait_for(lambda: worker.queued() == 0, what="the worker to take the first alert")
         for _ in range(5):
@@ -159,7 +154,7 @@ class TestWebhook:
     def test_close_cuts_retry_waits_short(self, receiver: Receiver) -> None:
         """Closing during a long backoff gives up at once and counts the alert as lost to shutdown."""
         receiver.statuses = [500]
-        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=5, log=_Log(), backoff=60.0, max_backoff=60.0)
+        worker = ChannelWorker(WebhookChannel(webhook(receiver.url), hold=lambda rule: 60.0), queue_size=10, retries=5, log=LogCapture(), backoff=60.0, max_backoff=60.0)
         worker.put(record())
         wait_for(lambda: len(receiver.requests) == 1, what="the first attempt")
         worker.close(timeout=5)
@@ -185,7 +180,7 @@ class TestJsonlAndLog:
     def test_alerts_file_and_log_levels(self, redis_server: RedisProcess, tmp_path: Path) -> None:
         """Notifications land in alerts-YYYY-MM-DD.jsonl; the log says error for critical, warning, then info."""
         clock = FakeClock()
-        log = _Log()
+        log = LogCapture()
         engine = engine_with(redis_server, clock, jsonl_dir=tmp_path, log=log, resolve_after="0s", disable=["new-error-kind"])
         try:
             fire_critical(engine, clock)
@@ -208,66 +203,63 @@ class TestJsonlAndLog:
         }
 
 
-class _FlakySink:
+class _FlakyTransport:
     """Injects OTLP faults: unavailable first, then accepts; or rejects for good."""
-
-    name = "otlp"
 
     def __init__(self, failures: int, *, reject: bool = False) -> None:
         self.failures = failures
         self.reject = reject
-        self.batches: list[list[Record]] = []
+        self.payloads: list[bytes] = []
 
-    def write(self, batch: Sequence[Record]) -> None:
+    def export(self, signal: str, payload: bytes) -> ExportResult:
         if self.reject:
-            raise SinkRejected("400 bad request", batch)
+            raise Rejected("400 bad request")
         if self.failures:
             self.failures -= 1
             raise SinkUnavailable("503", retry_after=0.01)
-        self.batches.append(list(batch))
-
-    def flush(self) -> None:
-        pass
+        self.payloads.append(payload)
+        return ExportResult(rejected=0, message="")
 
     def close(self) -> None:
         pass
 
 
+def _otlp_channel(transport: _FlakyTransport) -> OtlpChannel:
+    return OtlpChannel(OtlpConfig(endpoint="http://127.0.0.1:9", protocol="http").resolve({}), transport=transport)  # type: ignore[arg-type]
+
+
 class TestOtlpChannel:
     def test_alert_reaches_an_otlp_backend_as_a_log_record(self, redis_server: RedisProcess, otlp_backend: OtlpBackend) -> None:
         """With OTLP on, a firing alert arrives at a real OTLP receiver as a log record with severity."""
-        daemon_sink = OtlpSink.from_config(OtlpConfig(endpoint=otlp_backend.http_endpoint, protocol="http", token=TOKEN), environ={})
+        settings = OtlpConfig(endpoint=otlp_backend.http_endpoint, protocol="http", token=TOKEN).resolve({})
         clock = FakeClock()
-        engine = AlertEngine(alerts_config(disable=["new-error-kind"]), redis_server.client(), NAMES, otlp_sink=daemon_sink, clock=clock)
+        engine = make_stage(redis_server.client(), alerts_config(disable=["new-error-kind"], group_wait="0s"), clock=clock, channels=[OtlpChannel(settings)])
         try:
             fire_critical(engine, clock)
             assert otlp_backend.wait_for(lambda: len(otlp_backend.log_records()) >= 2)
         finally:
             engine.close(timeout=5)
-            daemon_sink.close()
         found = {attributes(record.attributes)["alert.rule"]: (resource, record) for resource, record in otlp_backend.log_records()}
         resource, critical = found["critical-errors"]
         attrs = attributes(critical.attributes)
         assert attrs["event.name"] == "alert.firing" and attrs["alert.status"] == "firing"
         assert critical.severity_text.lower().startswith(("fatal", "crit"))
         assert resource["service.name"] == "telemetry-collector"
-        assert daemon_sink.stats.log_records == 0  # alerts went through a sibling, not the daemon's sink
         assert otlp_backend.requests("metrics") == []
 
-    def test_alert_goes_out_as_an_event_after_a_transient_failure(self) -> None:
-        """Through the OTLP sink an alert is an `alert.firing` event; a 503 is retried."""
-        sink = _FlakySink(failures=1)
-        worker = ChannelWorker(OtlpChannel(sink), queue_size=10, retries=3, log=_Log(), backoff=0.01)
+    def test_transient_failure_is_retried(self) -> None:
+        """A 503 from the OTLP backend is retried; the alert goes out as one logs request."""
+        transport = _FlakyTransport(failures=1)
+        worker = ChannelWorker(_otlp_channel(transport), queue_size=10, retries=3, log=LogCapture(), backoff=0.01)
         worker.put(record(labels={"severity": "critical"}))
         wait_for(lambda: worker.sent == 1, what="the OTLP export")
         worker.close(timeout=2)
-        ((exported,),) = sink.batches
-        assert exported.event.type == "alert.firing" and exported.event.severity == "critical"
-        assert exported.event.attrs["alert.fingerprint"] == "a" * 16
+        (payload,) = transport.payloads
+        assert b"alert.firing" in payload and b"a" * 16 in payload
 
     def test_permanent_rejection_is_not_retried(self) -> None:
         """A rejected export is final and counted."""
-        worker = ChannelWorker(OtlpChannel(_FlakySink(0, reject=True)), queue_size=10, retries=3, log=_Log(), backoff=0.01)
+        worker = ChannelWorker(_otlp_channel(_FlakyTransport(0, reject=True)), queue_size=10, retries=3, log=LogCapture(), backoff=0.01)
         worker.put(record())
         wait_for(lambda: worker.lost["rejected"] == 1, what="the rejection")
         worker.close(timeout=2)

@@ -1,4 +1,4 @@
-"""The alert engine against a real redis-server, driven in-process with a controlled clock."""
+"""The alert stage against a real redis-server, driven in-process with a controlled clock."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from collector.alerts.engine import AlertEngine
-from collector.alerts.rules import AlertRecord
+from collector.alerts.records import AlertRecord
+from collector.alerts.stage import AlertStage
 from collector.embedded import RedisProcess
-from emitters.streams import stream_names
-from tests.alerts_support import (
+from tests.support.alerts import (
     FakeClock,
+    make_stage,
     alerts_config,
     completed,
     custom,
@@ -24,7 +24,6 @@ from tests.alerts_support import (
     stream_alerts,
 )
 
-NAMES = stream_names("telemetry")
 
 
 @pytest.fixture
@@ -34,10 +33,10 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def make_engine(redis_server: RedisProcess, clock: FakeClock) -> Iterator[Any]:
-    engines: list[AlertEngine] = []
+    engines: list[AlertStage] = []
 
-    def make(**raw: Any) -> AlertEngine:
-        engine = AlertEngine(alerts_config(**raw), redis_server.client(), NAMES, clock=clock)
+    def make(**raw: Any) -> AlertStage:
+        engine = make_stage(redis_server.client(), alerts_config(**raw), clock=clock)
         engines.append(engine)
         return engine
 
@@ -58,10 +57,10 @@ class TestRateLifecycle:
     def test_eleven_critical_errors_fire_once(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """11 critical errors within a minute fire the built-in rule exactly once; 10 would not."""
         engine = make_engine()
-        engine.observe(burst(clock, 10))
+        engine.write(burst(clock, 10))
         engine.tick()
         assert of_rule(redis_client, "critical-errors") == []
-        engine.observe(burst(clock, 1))
+        engine.write(burst(clock, 1))
         clock.advance(1)
         engine.tick()
         (alert,) = of_rule(redis_client, "critical-errors")
@@ -72,15 +71,15 @@ class TestRateLifecycle:
     def test_no_refire_before_repeat_interval_then_repeat(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """More errors keep the alert firing silently; after repeat_interval it is sent once more."""
         engine = make_engine(repeat_interval="30s")
-        engine.observe(burst(clock, 11))
+        engine.write(burst(clock, 11))
         engine.tick()
         for _ in range(10):
             clock.advance(2)
-            engine.observe(burst(clock, 5))
+            engine.write(burst(clock, 5))
             engine.tick()
         assert len(of_rule(redis_client, "critical-errors")) == 1
         clock.advance(11)
-        engine.observe(burst(clock, 5))
+        engine.write(burst(clock, 5))
         engine.tick()
         first, repeat = of_rule(redis_client, "critical-errors")
         assert repeat.status == "firing" and repeat.starts_at == first.starts_at and repeat.value > 11
@@ -88,7 +87,7 @@ class TestRateLifecycle:
     def test_resolves_once_quiet_for_resolve_after(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """Once the window empties and stays clear for resolve_after, one resolved notice follows."""
         engine = make_engine(resolve_after="20s")
-        engine.observe(burst(clock, 11))
+        engine.write(burst(clock, 11))
         engine.tick()
         clock.advance(61)  # the burst has left the one-minute window: clear from now on
         engine.tick()
@@ -106,12 +105,12 @@ class TestRateLifecycle:
     def test_breach_during_resolve_period_keeps_it_firing(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """A new breach before resolve_after has passed cancels the pending resolution."""
         engine = make_engine(resolve_after="20s")
-        engine.observe(burst(clock, 11))
+        engine.write(burst(clock, 11))
         engine.tick()
         clock.advance(61)
         engine.tick()
         clock.advance(10)
-        engine.observe(burst(clock, 11))
+        engine.write(burst(clock, 11))
         engine.tick()
         clock.advance(15)
         engine.tick()
@@ -120,25 +119,25 @@ class TestRateLifecycle:
     def test_cooldown_stops_flapping(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """After a resolution, a breach within the cooldown does not fire; after it, it does."""
         engine = make_engine(resolve_after="0s", cooldown="5m")
-        engine.observe(burst(clock, 11))
+        engine.write(burst(clock, 11))
         engine.tick()
         clock.advance(61)
         engine.tick()
         assert [alert.status for alert in of_rule(redis_client, "critical-errors")] == ["firing", "resolved"]
         clock.advance(60)
-        engine.observe(burst(clock, 11))
+        engine.write(burst(clock, 11))
         engine.tick()
         assert len(of_rule(redis_client, "critical-errors")) == 2
         clock.advance(241)
-        engine.observe(burst(clock, 11))
+        engine.write(burst(clock, 11))
         engine.tick()
         assert [alert.status for alert in of_rule(redis_client, "critical-errors")] == ["firing", "resolved", "firing"]
 
     def test_groups_alert_separately(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """`service-errors` groups by service: only the noisy service alerts, labelled with its name."""
         engine = make_engine()
-        engine.observe(records(*(error_event(clock.now, service="api") for _ in range(6))))
-        engine.observe(records(*(error_event(clock.now, service="batch") for _ in range(5))))
+        engine.write(records(*(error_event(clock.now, service="api") for _ in range(6))))
+        engine.write(records(*(error_event(clock.now, service="batch") for _ in range(5))))
         engine.tick()
         (alert,) = of_rule(redis_client, "service-errors")
         assert alert.labels == {"service": "api", "severity": "warning"}
@@ -146,12 +145,12 @@ class TestRateLifecycle:
     def test_stream_entry_is_plain_json(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """Any Redis client can read an alert: JSON in the `alert` field, with every record field."""
         engine = make_engine()
-        engine.observe(burst(clock, 11))
+        engine.write(burst(clock, 11))
         engine.tick()
         entries = redis_client.xrange("telemetry:alerts")
         payloads = [json.loads(fields[b"alert"]) for _, fields in entries]
         assert all(set(payload) == {
-            "rule", "kind", "status", "labels", "summary", "value", "threshold", "starts_at", "ends_at", "fingerprint"
+            "rule", "kind", "status", "labels", "summary", "value", "threshold", "starts_at", "ends_at", "fingerprint", "group"
         } for payload in payloads)
 
 
@@ -159,25 +158,25 @@ class TestNewErrorKinds:
     def test_first_sighting_fires_at_once_and_only_once(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """A never-seen error kind fires during observe (no tick needed); the same kind again does not."""
         engine = make_engine()
-        engine.observe(records(error_event(clock.now, error_type="KeyError", message="missing 'x'")))
+        engine.write(records(error_event(clock.now, error_type="KeyError", message="missing 'x'")))
         (alert,) = of_rule(redis_client, "new-error-kind")
         assert alert.labels["error_type"] == "KeyError" and alert.labels["service"] == "engine"
         assert "new KeyError in engine" in alert.summary
         clock.advance(5)
-        engine.observe(records(error_event(clock.now, error_type="KeyError", message="missing 'y'")))
+        engine.write(records(error_event(clock.now, error_type="KeyError", message="missing 'y'")))
         engine.tick()
         assert len(of_rule(redis_client, "new-error-kind")) == 1
-        engine.observe(records(error_event(clock.now, error_type="OSError", message="disk full")))
+        engine.write(records(error_event(clock.now, error_type="OSError", message="disk full")))
         assert [alert.labels["error_type"] for alert in of_rule(redis_client, "new-error-kind")] == ["KeyError", "OSError"]
 
     def test_restart_neither_refires_nor_forgets(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """A second engine (a restarted collector) on the same Redis does not fire a known kind again."""
         first = make_engine(resolve_after="5s")
-        first.observe(records(error_event(clock.now, error_type="KeyError")))
+        first.write(records(error_event(clock.now, error_type="KeyError")))
         first.close()
         restarted = make_engine(resolve_after="5s")
         clock.advance(3)
-        restarted.observe(records(error_event(clock.now, error_type="KeyError")))
+        restarted.write(records(error_event(clock.now, error_type="KeyError")))
         restarted.tick()
         clock.advance(6)
         restarted.tick()
@@ -188,14 +187,14 @@ class TestNewErrorKinds:
         """A kind silent for longer than regression_after fires again, as a regression."""
         rule = {"kind": "new", "name": "kinds", "group_by": ["error_type"], "regression_after": "1h"}
         engine = make_engine(defaults=False, resolve_after="0s", cooldown="0s", rules=[rule])
-        engine.observe(records(error_event(clock.now, error_type="KeyError")))
+        engine.write(records(error_event(clock.now, error_type="KeyError")))
         clock.advance(1)
         engine.tick()
         clock.advance(1800)
-        engine.observe(records(error_event(clock.now, error_type="KeyError")))
+        engine.write(records(error_event(clock.now, error_type="KeyError")))
         assert [alert.status for alert in of_rule(redis_client, "kinds")] == ["firing", "resolved"]
         clock.advance(3601)
-        engine.observe(records(error_event(clock.now, error_type="KeyError")))
+        engine.write(records(error_event(clock.now, error_type="KeyError")))
         *_, regression = of_rule(redis_client, "kinds")
         assert regression.status == "firing" and "is back in engine after more than 1h" in regression.summary
         assert regression.value == pytest.approx(3601, abs=1)
@@ -205,8 +204,8 @@ class TestSharedState:
     def test_two_engines_sharing_a_burst_fire_once(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """Two collectors each seeing part of a burst add up to one breach and one alert."""
         one, two = make_engine(), make_engine()
-        one.observe(burst(clock, 6))
-        two.observe(burst(clock, 5))
+        one.write(burst(clock, 6))
+        two.write(burst(clock, 5))
         for _ in range(5):
             one.tick()
             two.tick()
@@ -216,10 +215,10 @@ class TestSharedState:
     def test_concurrent_ticks_fire_once(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """Engines ticking at the same moment in several threads still produce one notification."""
         engines = [make_engine() for _ in range(4)]
-        engines[0].observe(burst(clock, 11))
+        engines[0].write(burst(clock, 11))
         start = threading.Barrier(len(engines))
 
-        def tick(engine: AlertEngine) -> None:
+        def tick(engine: AlertStage) -> None:
             start.wait()
             engine.tick()
 
@@ -248,16 +247,16 @@ class TestValueRules:
     def test_p95_ttft_fires_and_resolves(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """p95 TTFT over 2000 ms fires per model; once the slow requests leave the window it resolves."""
         engine = make_engine(defaults=False, resolve_after="10s", rules=[TTFT])
-        engine.observe(records(*(completed(clock.now, ttft_ms=300.0 + i) for i in range(20))))
+        engine.write(records(*(completed(clock.now, ttft_ms=300.0 + i) for i in range(20))))
         engine.tick()
         assert of_rule(redis_client, "ttft-p95") == []
-        engine.observe(records(*(completed(clock.now, ttft_ms=2500.0) for _ in range(3))))
+        engine.write(records(*(completed(clock.now, ttft_ms=2500.0) for _ in range(3))))
         clock.advance(1)
         engine.tick()
         (alert,) = of_rule(redis_client, "ttft-p95")
         assert alert.value == 2500.0 and alert.labels == {"model": "tiny", "severity": "warning"}
         clock.advance(301)
-        engine.observe(records(*(completed(clock.now, ttft_ms=250.0) for _ in range(5))))
+        engine.write(records(*(completed(clock.now, ttft_ms=250.0) for _ in range(5))))
         engine.tick()
         clock.advance(11)
         engine.tick()
@@ -271,7 +270,7 @@ class TestValueRules:
         engine = make_engine(defaults=False, rules=[rule])
         engine.tick()
         assert of_rule(redis_client, "slow") == []
-        engine.observe(records(*(completed(clock.now, ttft_ms=1, tokens_per_second=tps) for tps in (2.0, 4.0, 6.0))))
+        engine.write(records(*(completed(clock.now, ttft_ms=1, tokens_per_second=tps) for tps in (2.0, 4.0, 6.0))))
         clock.advance(1)
         engine.tick()
         (alert,) = of_rule(redis_client, "slow")
@@ -281,9 +280,9 @@ class TestValueRules:
         """A slice keeps at most max_samples values, while count and max stay exact."""
         rule = {**TTFT, "name": "cap", "aggregate": "max", "max_samples": 10, "group_by": []}
         engine = make_engine(defaults=False, rules=[rule])
-        engine.observe(records(*(completed(clock.now, ttft_ms=float(i)) for i in range(100))))
-        engine.observe(records(*(completed(clock.now, ttft_ms=5000.0 + i) for i in range(3))))
-        lists = list(redis_client.scan_iter("telemetry:alerts:samples:cap:*"))
+        engine.write(records(*(completed(clock.now, ttft_ms=float(i)) for i in range(100))))
+        engine.write(records(*(completed(clock.now, ttft_ms=5000.0 + i) for i in range(3))))
+        lists = list(redis_client.scan_iter("telemetry:alerts:telemetry-collectors:samples:cap:*"))
         assert len(lists) == 1 and redis_client.llen(lists[0]) == 10
         engine.tick()
         (alert,) = of_rule(redis_client, "cap")
@@ -294,8 +293,8 @@ class TestValueRules:
         """Values whose sum overflows a float still count (max fires) and leave nothing stuck pending."""
         rule = {**TTFT, "name": "huge", "aggregate": "max", "threshold": 1e300, "group_by": []}
         engine = make_engine(defaults=False, rules=[rule])
-        engine.observe(records(*(completed(clock.now, ttft_ms=1.7e308) for _ in range(2))))
-        engine.observe(records(completed(clock.now, ttft_ms=1.7e308)))
+        engine.write(records(*(completed(clock.now, ttft_ms=1.7e308) for _ in range(2))))
+        engine.write(records(completed(clock.now, ttft_ms=1.7e308)))
         engine.tick()
         (alert,) = of_rule(redis_client, "huge")
         assert alert.value == 1.7e308
@@ -307,15 +306,15 @@ class TestAbsence:
         """A service that stops sending runtime.status fires after the period; sending again resolves it."""
         rule = {"kind": "absence", "name": "engine-silent", "filter": {"type": "runtime.status"}, "period": "30s"}
         engine = make_engine(defaults=False, resolve_after="5s", rules=[rule])
-        engine.observe(records(status(clock.now, service="engine-a"), status(clock.now, service="engine-b")))
+        engine.write(records(status(clock.now, service="engine-a"), status(clock.now, service="engine-b")))
         for _ in range(4):
             clock.advance(10)
-            engine.observe(records(status(clock.now, service="engine-b")))
+            engine.write(records(status(clock.now, service="engine-b")))
             engine.tick()
         (alert,) = of_rule(redis_client, "engine-silent")
         assert alert.labels == {"service": "engine-a", "severity": "warning"}
         assert alert.value == 40.0 and alert.threshold == 30.0  # 30s of silence is not yet more than 30s
-        engine.observe(records(status(clock.now, service="engine-a")))
+        engine.write(records(status(clock.now, service="engine-a")))
         clock.advance(1)
         engine.tick()  # clear from here on
         clock.advance(6)
@@ -327,16 +326,16 @@ class TestAbsence:
         """After a restart, no service is called silent before a full period of listening; a firing absence alert stays as it is."""
         rule = {"kind": "absence", "name": "silent", "filter": {"type": "runtime.status"}, "period": "30s"}
         first = make_engine(defaults=False, resolve_after="0s", rules=[rule])
-        first.observe(records(*(status(clock.now, service=name) for name in ("a", "b", "c"))))
+        first.write(records(*(status(clock.now, service=name) for name in ("a", "b", "c"))))
         clock.advance(40)
-        first.observe(records(status(clock.now, service="a"), status(clock.now, service="b")))
+        first.write(records(status(clock.now, service="a"), status(clock.now, service="b")))
         first.tick()
         first.close()
         clock.advance(60)  # the collector is down; a and b keep sending into the backlog
         restarted = make_engine(defaults=False, resolve_after="0s", rules=[rule])
         clock.advance(1)
         restarted.tick()
-        restarted.observe(records(status(clock.now, service="a"), status(clock.now, service="b")))
+        restarted.write(records(status(clock.now, service="a"), status(clock.now, service="b")))
         clock.advance(30)
         restarted.tick()
         alerts = of_rule(redis_client, "silent")
@@ -374,10 +373,10 @@ class TestLag:
 class TestRedisOutage:
     def test_observations_survive_a_redis_outage(self, redis_process: RedisProcess, clock: FakeClock) -> None:
         """With Redis down observe() does not raise; what it saw is written and fires once Redis is back."""
-        engine = AlertEngine(alerts_config(), redis_process.client(socket_timeout=2), NAMES, clock=clock)
+        engine = make_stage(redis_process.client(socket_timeout=2), alerts_config(), clock=clock)
         try:
             redis_process.stop()
-            engine.observe(burst(clock, 11, error_type="KeyError"))
+            engine.write(burst(clock, 11, error_type="KeyError"))
             engine.tick()
             assert engine.stats()["pending"] > 0 and engine.counters["state_errors"] >= 1
             redis_process.start()
@@ -394,8 +393,38 @@ class TestRedisOutage:
         """Rules match custom event types and their attrs like typed ones."""
         rule = {"kind": "rate", "name": "failed-jobs", "filter": {"type": "job.*", "fields": {"outcome": "failed"}}, "window": "1m", "threshold": 2, "group_by": ["queue"]}
         engine = make_engine(defaults=False, rules=[rule])
-        engine.observe(records(*(custom(clock.now, "job.finished", outcome="failed", queue="q1") for _ in range(3))))
-        engine.observe(records(*(custom(clock.now, "job.finished", outcome="ok", queue="q1") for _ in range(5))))
+        engine.write(records(*(custom(clock.now, "job.finished", outcome="failed", queue="q1") for _ in range(3))))
+        engine.write(records(*(custom(clock.now, "job.finished", outcome="ok", queue="q1") for _ in range(5))))
         engine.tick()
         (alert,) = of_rule(redis_client, "failed-jobs")
         assert alert.value == 3.0 and alert.labels["queue"] == "q1"
+
+
+class TestCountedOnce:
+    def test_a_redelivered_batch_adds_nothing(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
+        """The same entries written again (a redelivery, a claim) leave counts and value statistics as they were."""
+        rule = {**TTFT, "name": "ttft-count", "aggregate": "count", "threshold": 100, "group_by": []}
+        engine = make_engine(rules=[rule], disable=["new-error-kind"])
+        errors, slow = burst(clock, 6), records(*(completed(clock.now, ttft_ms=3000.0) for _ in range(4)))
+        for _ in range(3):
+            engine.write(errors + slow)
+        engine.write(burst(clock, 5))
+        engine.tick()
+        (critical,) = of_rule(redis_client, "critical-errors")
+        assert critical.value == 11.0
+        stats = engine.state.snapshot(engine.rules, clock.now).measures["ttft-count"]
+        assert stats["[]"].value == 4.0
+
+    def test_groups_keep_separate_state(self, redis_server: RedisProcess, clock: FakeClock, redis_client: redis.Redis) -> None:
+        """Two consumer groups seeing the same events each count them, and each fires its own alert."""
+        stages = [make_stage(redis_server.client(), alerts_config(disable=["new-error-kind"]), group=group, clock=clock) for group in ("a", "b")]
+        try:
+            batch = burst(clock, 11)
+            for stage in stages:
+                stage.write(batch)
+                stage.tick()
+        finally:
+            for stage in stages:
+                stage.close(timeout=1.0)
+        fired = of_rule(redis_client, "critical-errors")
+        assert sorted((alert.group, alert.value) for alert in fired) == [("a", 11.0), ("b", 11.0)]

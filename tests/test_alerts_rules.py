@@ -10,35 +10,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collector.alerts.config import Filter
-from collector.alerts.delivery import alert_event, alertmanager_payload
-from collector.alerts.rules import (
-    AlertRecord,
-    BucketStats,
-    CompiledRule,
-    Matcher,
-    Observation,
-    Snapshot,
-    StoredAlert,
-    aggregate,
-    alert_fingerprint,
-    collect,
-    compile_rules,
-    evaluate_absence,
-    evaluate_rate,
-    human_duration,
-    iso_time,
-    plan,
-    warming_up,
-    weighted_percentile,
-    window_buckets,
-)
+from collector.alerts.channels import alert_event, alertmanager_payload
+from collector.alerts.kinds import AlertRule, compile_rules
+from collector.alerts.kinds.absence import evaluate_absence
+from collector.alerts.kinds.rate import evaluate_rate
+from collector.alerts.observation import Matcher, Observation
+from collector.alerts.records import AlertRecord, StoredAlert, alert_fingerprint, human_duration, iso_time
+from collector.alerts.rules import Snapshot, collect, plan, warming_up
+from collector.alerts.windows import BucketStats, Measure, aggregate, weighted_percentile, window_buckets
 from emitters.events import validate
-from tests.alerts_support import alerts_config, completed, custom, error_event, status
+from tests.support.alerts import alerts_config, completed, custom, error_event, status
 
 NOW = 1_800_000_000.0
 
 
-def rules_of(**raw: object) -> list[CompiledRule]:
+def rules_of(**raw: object) -> list[AlertRule]:
     return compile_rules(alerts_config(defaults=False, **raw))
 
 
@@ -87,16 +73,17 @@ class TestCollect:
         rules = rules_of(rules=[{"kind": "rate", "name": "r", "filter": {"min_severity": "error"}, "group_by": ["service"], "window": "1m", "threshold": 1}])
         events = [error_event(NOW - 1, service="a"), error_event(NOW - 1, service="a"), error_event(NOW - 1, service="b"), status(NOW)]
         updates = collect(rules, [Observation.from_event(event) for event in events], NOW)
-        (key, groups), = updates.counts.items()
+        (key, slot), = updates.counts.items()
         assert key[0] == "r"
-        assert groups == {'["a"]': 2, '["b"]': 1}
+        assert sorted(group for _, group in slot.items) == ['["a"]', '["a"]', '["b"]']
+        assert [key for key, _ in slot.items] == [event.id[:16] for event in events[:3]]
 
     def test_old_events_skipped_and_future_clamped(self) -> None:
         """An event older than the window cannot change it; one from the future counts as now."""
         rules = rules_of(rules=[{"kind": "rate", "name": "r", "window": "1m", "threshold": 1}])
         updates = collect(rules, [Observation.from_event(error_event(NOW - 61)), Observation.from_event(error_event(NOW + 3600))], NOW)
-        (bucket_key, groups), = updates.counts.items()
-        assert sum(groups.values()) == 1
+        (bucket_key, slot), = updates.counts.items()
+        assert len(slot.items) == 1
         assert bucket_key[1] == window_buckets(60, NOW)[-1]
 
     def test_value_samples_skip_non_numbers(self) -> None:
@@ -104,7 +91,7 @@ class TestCollect:
         rules = rules_of(rules=[{"kind": "value", "name": "v", "field": "ttft_ms", "aggregate": "max", "threshold": 1, "window": "1m"}])
         obs = [Observation.from_event(completed(NOW, ttft_ms=5.5)), Observation.from_event(status(NOW))]
         updates = collect(rules, obs, NOW)
-        assert list(updates.samples.values()) == [[5.5]]
+        assert [[value for _, value in slot.items] for slot in updates.samples.values()] == [[5.5]]
 
     def test_new_rule_keeps_first_event_and_latest_time(self) -> None:
         """Per key, the first event of a batch describes the alert; the latest time is remembered."""
@@ -157,20 +144,19 @@ class TestEvaluate:
     def test_rate_sums_slices_and_compares(self) -> None:
         """A rate is the sum over the window's slices; `>` means strictly more."""
         (rule,) = rules_of(rules=[{"kind": "rate", "name": "r", "window": "1m", "threshold": 10}])
-        measures = evaluate_rate(rule.rule, [{"[]": 6}, {"[]": 4}])  # type: ignore[arg-type]
+        measures = evaluate_rate(">", 10, [{"[]": 6}, {"[]": 4}])
         assert measures["[]"] == (10.0, False)
-        measures = evaluate_rate(rule.rule, [{"[]": 6}, {"[]": 5}])  # type: ignore[arg-type]
+        measures = evaluate_rate(">", 10, [{"[]": 6}, {"[]": 5}])
         assert measures["[]"] == (11.0, True)
 
     def test_absence_measures_silence(self) -> None:
         """A group silent longer than the period breaches; the value is the silence."""
-        (rule,) = rules_of(rules=[{"kind": "absence", "name": "a", "period": "30s"}])
-        measures = evaluate_absence(rule.rule, {'["quiet"]': NOW - 31, '["busy"]': NOW - 2}, NOW)  # type: ignore[arg-type]
+        measures = evaluate_absence(30, {'["quiet"]': NOW - 31, '["busy"]': NOW - 2}, NOW)
         assert measures['["quiet"]'].breached and measures['["quiet"]'].value == pytest.approx(31)
         assert not measures['["busy"]'].breached
 
 
-def stored(rule: CompiledRule, group: str, *, status: str = "firing", resolved: float | None = None) -> StoredAlert:
+def stored(rule: AlertRule, group: str, *, status: str = "firing", resolved: float | None = None) -> StoredAlert:
     draft = rule.draft(group, 11.0)
     record = AlertRecord(
         rule=draft.rule, kind="rate", status=status, labels=draft.labels, summary=draft.summary,  # type: ignore[arg-type]
@@ -184,7 +170,7 @@ class TestPlan:
         """Every breached group is sent as active, with the rule's timings."""
         config = alerts_config(defaults=False, rules=[{"kind": "rate", "name": "r", "group_by": ["service"], "window": "1m", "threshold": 1, "cooldown": "7s"}])
         rules = compile_rules(config)
-        snapshot = Snapshot(rate={"r": [{'["a"]': 5, '["b"]': 1}]}, value={}, seen={}, alerts={})
+        snapshot = Snapshot(measures={"r": evaluate_rate(">", 1, [{'["a"]': 5, '["b"]': 1}])}, alerts={})
         candidates, expired = plan(rules, snapshot, NOW, config)
         assert [(c.group, c.active, c.cooldown) for c in candidates] == [('["a"]', True, 7.0)]
         assert candidates[0].record.labels == {"service": "a", "severity": "warning"}
@@ -195,7 +181,7 @@ class TestPlan:
         config = alerts_config(defaults=False, rules=[{"kind": "rate", "name": "r", "group_by": ["service"], "window": "1m", "threshold": 10}])
         rules = compile_rules(config)
         alert = stored(rules[0], '["a"]')
-        snapshot = Snapshot(rate={"r": [{'["a"]': 2}]}, value={}, seen={}, alerts={alert.record.fingerprint: alert})
+        snapshot = Snapshot(measures={"r": {'["a"]': Measure(2.0, False)}}, alerts={alert.record.fingerprint: alert})
         (clear,), _ = plan(rules, snapshot, NOW, config)
         assert not clear.active and clear.fp == alert.record.fingerprint
         assert clear.record.value == 2.0 and clear.record.labels == alert.record.labels
@@ -205,7 +191,7 @@ class TestPlan:
         old = rules_of(rules=[{"kind": "rate", "name": "gone", "window": "1m", "threshold": 1}])[0]
         alert = stored(old, "[]")
         config = alerts_config(defaults=False, resolve_after="9s")
-        (clear,), _ = plan([], Snapshot({}, {}, {}, {alert.record.fingerprint: alert}), NOW, config)
+        (clear,), _ = plan([], Snapshot({}, {alert.record.fingerprint: alert}), NOW, config)
         assert not clear.active and clear.resolve_after == 9.0
 
     def test_withheld_rules_neither_fire_nor_clear(self) -> None:
@@ -213,7 +199,7 @@ class TestPlan:
         config = alerts_config(defaults=False, rules=[{"kind": "absence", "name": "a", "period": "30s"}])
         rules = compile_rules(config)
         alert = stored(rules[0], '["x"]')
-        snapshot = Snapshot({}, {}, {"a": {'["y"]': NOW - 100}}, {alert.record.fingerprint: alert})
+        snapshot = Snapshot({"a": evaluate_absence(30, {'["y"]': NOW - 100}, NOW)}, {alert.record.fingerprint: alert})
         assert plan(rules, snapshot, NOW, config, withheld={"a"}) == ([], [])
         assert warming_up(rules, NOW - 30, NOW) == {"a"} and warming_up(rules, NOW - 31, NOW) == set()
         candidates, _ = plan(rules, snapshot, NOW, config)
@@ -224,8 +210,8 @@ class TestPlan:
         config = alerts_config(defaults=False, cooldown="60s", rules=[{"kind": "rate", "name": "r", "window": "1m", "threshold": 1}])
         rules = compile_rules(config)
         recent, old = stored(rules[0], "[]", status="resolved", resolved=NOW - 30), stored(rules[0], "[]", status="resolved", resolved=NOW - 61)
-        assert plan(rules, Snapshot({}, {}, {}, {"x": recent}), NOW, config) == ([], [])
-        _, expired = plan(rules, Snapshot({}, {}, {}, {"x": old}), NOW, config)
+        assert plan(rules, Snapshot({}, {"x": recent}), NOW, config) == ([], [])
+        _, expired = plan(rules, Snapshot({}, {"x": old}), NOW, config)
         assert [(item.fp, item.resolved) for item in expired] == [("x", NOW - 61)]
 
 

@@ -213,7 +213,7 @@ class RecordingAlertEngine:
         self.ticks = 0
         self.closed = False
 
-    def observe(self, records: Sequence[Record]) -> None:
+    def write(self, records: Sequence[Record]) -> None:
         self.observed.extend(records)
 
     def observe_lag(self, stream: str, lag: int, maxlen: int) -> None:
@@ -355,7 +355,7 @@ class TestCollectorDelivery:
     def test_alert_engine_sees_delivered_batches_lag_and_ticks(
         self, redis_url: str, redis_client: redis.Redis, tmp_path: Path
     ) -> None:
-        """observe() gets every delivered record, observe_lag() both streams with their MAXLEN, tick() runs."""
+        """write() gets every delivered record, observe_lag() both streams with their MAXLEN, tick() runs."""
         events = [custom_event(n) for n in range(20)]
         add_events(redis_client, events)
         engine = RecordingAlertEngine()

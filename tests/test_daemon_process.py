@@ -6,14 +6,10 @@ under the daemon, and garbage is written straight into the streams.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional
 
 import msgspec
 import pytest

@@ -49,9 +49,9 @@ COLLECTOR_RULES = (
     "+xrange +multi +exec +xinfo|stream +xgroup|setid +script|exists "
     # heartbeat hash
     "+hset +expire +del "
-    # the alert engine's shared state (its scripts run these), when alerts are enabled
+    # the alert stage's shared state (its scripts run these), when alerts are enabled
     "+hget +hgetall +hdel +hincrby +hincrbyfloat +pexpire +pexpireat +zadd +zscore +zrange "
-    "+zremrangebyscore +zremrangebyrank +rpush +lrange +llen +lset +xrevrange +publish"
+    "+zremrangebyscore +zremrangebyrank +rpush +lrange +llen +lset +xrevrange +publish +sadd"
 )
 OPS_RULES = (
     # telemetry-collector health/tail/search/timeline/errors/dlq: reads, the live channel, DLQ replay/purge

@@ -1,55 +1,27 @@
-"""Alert delivery: the daemon log, JSONL, OTLP and a webhook, each on its own.
+"""Alert delivery: the daemon log at once, every other channel on its own worker.
 
 The ``{prefix}:alerts`` stream entry is written by the state transition
-itself (see :mod:`collector.alerts.state`); everything else goes through
-here. The log line is written at once; every other channel has a worker
-thread with a bounded queue (sentry-python's transport worker): publishing
-never blocks, a full queue drops and counts, a failed send is retried with
-capped, jittered backoff (honouring ``Retry-After``) and then dropped and
-counted. A dead webhook therefore delays nothing but its own queue.
+itself (see :mod:`collector.alerts.state`); the channels (JSONL, OTLP,
+webhook, see :mod:`collector.alerts.channels`) go through here. The log line
+is written at once; every other channel has a worker thread with a bounded
+queue (sentry-python's transport worker): publishing never blocks, a full
+queue drops and counts, a failed send is retried with capped, jittered
+backoff (honouring ``Retry-After``) and then dropped and counted. A dead
+webhook therefore delays nothing but its own queue.
 """
 
 from __future__ import annotations
 
-import http.client
-import itertools
-import os
 import queue
 import random
-import secrets
-import socket
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
-from urllib.parse import urlsplit
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
-import msgspec
+from collector.alerts.records import AlertRecord
 
-from collector.alerts.config import WebhookConfig
-from collector.alerts.rules import AlertRecord, iso_time
-from collector.records import Record
-from collector.sinks import Sink, SinkAuthError, SinkRejected, SinkUnavailable
-from emitters.events import CustomEvent, encode
-
-__all__ = [
-    "DeliveryFailed",
-    "Channel",
-    "ChannelWorker",
-    "Delivery",
-    "JsonlChannel",
-    "OtlpChannel",
-    "alert_log_sink",
-    "WebhookChannel",
-    "alertmanager_payload",
-    "alert_event",
-    "log_alert",
-]
-
-_encoder = msgspec.json.Encoder()
-
-ALERTMANAGER_PATH = "/api/v2/alerts"
-MAX_ATTR_LEN = 4096
+__all__ = ["DeliveryFailed", "Channel", "ChannelWorker", "Delivery", "log_alert"]
 
 
 class DeliveryFailed(Exception):
@@ -73,89 +45,6 @@ class Channel(Protocol):
         """Release resources; not used afterwards."""
 
 
-# --- pure translations -------------------------------------------------------------------------
-
-
-def _number(value: Optional[float]) -> str:
-    return "" if value is None else f"{value:g}"
-
-
-def alertmanager_payload(
-    records: Sequence[AlertRecord],
-    *,
-    now: float,
-    hold: Callable[[str], float],
-    generator_url: Optional[str] = None,
-) -> list[dict[str, Any]]:
-    """The Alertmanager v2 ``POST /api/v2/alerts`` body for ``records``.
-
-    A firing alert gets ``endsAt`` ``hold(rule)`` seconds ahead (twice its
-    repeat interval): Alertmanager then keeps it active between our
-    re-notifications and resolves it on its own only if we stop sending
-    altogether. Labels with empty values are left out, as Alertmanager
-    treats them as absent.
-    """
-    alerts = []
-    for record in records:
-        labels = {"alertname": record.rule}
-        labels.update((name, value) for name, value in record.labels.items() if value != "")
-        annotations = {"summary": record.summary, "kind": record.kind}
-        if record.value is not None:
-            annotations["value"] = _number(record.value)
-        if record.threshold is not None:
-            annotations["threshold"] = _number(record.threshold)
-        alerts.append(
-            {
-                "labels": labels,
-                "annotations": annotations,
-                "startsAt": record.starts_at,
-                "endsAt": record.ends_at or iso_time(now + hold(record.rule)),
-                "generatorURL": generator_url or f"urn:mlx-telemetry:alert:{record.rule}",
-            }
-        )
-    return alerts
-
-
-def alert_event(record: AlertRecord, *, host: str, pid: int, now: float) -> CustomEvent:
-    """The alert as an ``alert.firing``/``alert.resolved`` event, so the OTLP sink exports it as a log record.
-
-    Severity: a firing critical alert is ``critical``, another firing one
-    ``warn``, a resolution ``info``.
-    """
-    if record.status == "resolved":
-        severity = "info"
-    else:
-        severity = "critical" if record.labels.get("severity") == "critical" else "warn"
-    attrs: dict[str, Any] = {
-        "alert.rule": record.rule,
-        "alert.kind": record.kind,
-        "alert.status": record.status,
-        "alert.fingerprint": record.fingerprint,
-        "alert.summary": record.summary[:MAX_ATTR_LEN],
-        "alert.starts_at": record.starts_at,
-    }
-    if record.ends_at is not None:
-        attrs["alert.ends_at"] = record.ends_at
-    if record.value is not None:
-        attrs["alert.value"] = record.value
-    if record.threshold is not None:
-        attrs["alert.threshold"] = record.threshold
-    for name, value in list(record.labels.items())[: 64 - len(attrs)]:
-        attrs[f"alert.label.{name}"[:128]] = value[:MAX_ATTR_LEN]
-    return CustomEvent(
-        type=f"alert.{record.status}",
-        id=secrets.token_hex(16),
-        ts=int(now * 1e9),
-        service="telemetry-collector",
-        host=host[:255] or "unknown",
-        pid=pid,
-        severity=severity,  # type: ignore[arg-type]
-        trace_id=secrets.token_hex(16),
-        span_id=secrets.token_hex(8),
-        attrs=attrs,
-    )
-
-
 def log_alert(log: Any, record: AlertRecord) -> None:
     """Firing at warning (error for a critical alert), resolved at info."""
     fields = {
@@ -175,148 +64,6 @@ def log_alert(log: Any, record: AlertRecord) -> None:
     else:
         log.warning("alert_firing", summary=record.summary, **fields)
 
-
-# --- channels ----------------------------------------------------------------------------------
-
-
-class JsonlChannel:
-    """``alerts-YYYY-MM-DD.jsonl`` through the JSONL sink's rotating writer."""
-
-    name = "jsonl"
-
-    def __init__(self, writer: Any) -> None:
-        self._writer = writer  # collector.sinks.jsonl.RotatingJsonlWriter
-
-    def send(self, records: Sequence[AlertRecord]) -> None:
-        try:
-            self._writer.write_lines([_encoder.encode(record) for record in records])
-        except OSError as exc:
-            raise DeliveryFailed(f"cannot write {self._writer.directory}: {exc.strerror or exc}") from None
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-class OtlpChannel:
-    """A log record per alert through an OTLP sink (as an ``alert.*`` event).
-
-    ``owned``: the channel closes the sink (one made for alerts alone, see
-    :func:`alert_log_sink`).
-    """
-
-    name = "otlp"
-
-    def __init__(self, sink: Sink, *, owned: bool = False, host: Optional[str] = None, pid: Optional[int] = None) -> None:
-        self._sink = sink
-        self._owned = owned
-        self._host = host or socket.gethostname()
-        self._pid = os.getpid() if pid is None else pid
-        # The OTLP sink tells batches apart by their stream ids; alerts have none of their own.
-        self._ids = itertools.count(1)
-
-    def send(self, records: Sequence[AlertRecord]) -> None:
-        now = time.time()
-        batch = []
-        for record in records:
-            event = alert_event(record, host=self._host, pid=self._pid, now=now)
-            batch.append(Record(stream="events", stream_id=f"0-{next(self._ids)}", event=event, raw=encode(event)))
-        try:
-            self._sink.write(batch)
-        except SinkUnavailable as exc:
-            raise DeliveryFailed(str(exc), retry_after=exc.retry_after) from None
-        except (SinkRejected, SinkAuthError) as exc:
-            raise DeliveryFailed(str(exc), retryable=False) from None
-
-    def close(self) -> None:
-        if self._owned:
-            self._sink.close()
-
-
-def alert_log_sink(sink: Sink) -> Optional[Sink]:
-    """A logs-only sibling of the daemon's OTLP sink for alerts, or None when logs are not exported.
-
-    A sibling, not the daemon's own sink: that one keeps the state of the
-    event batch it is retrying (so nothing is sent twice) and counts errors
-    into metrics, and alerts must disturb neither.
-    """
-    from collector.otlp.sink import OtlpSink
-
-    if not isinstance(sink, OtlpSink):
-        return sink
-    if "logs" not in sink.settings.signals:
-        return None
-    settings = msgspec.structs.replace(sink.settings, signals=("logs",))
-    return OtlpSink(settings, collector_instance=sink.collector_instance)
-
-
-class WebhookChannel:
-    """``POST`` the alerts as Alertmanager v2 alerts or as a JSON list of records.
-
-    Plain ``http.client``: no redirects are followed (a POST turned into a
-    GET would lose the alert silently). 5xx, 429, timeouts and connection
-    errors are retried; any other 4xx is final.
-    """
-
-    name = "webhook"
-
-    def __init__(self, config: WebhookConfig, *, hold: Callable[[str], float]) -> None:
-        url = config.url
-        if config.format == "alertmanager" and not url.rstrip("/").endswith(ALERTMANAGER_PATH):
-            url = url.rstrip("/") + ALERTMANAGER_PATH
-        parts = urlsplit(url)
-        self.url = url
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._config = config
-        self._hold = hold
-        self._headers = {"Content-Type": "application/json", "User-Agent": "mlx-telemetry-collector"}
-        self._headers.update(config.resolved_headers())
-
-    def body(self, records: Sequence[AlertRecord], now: float) -> bytes:
-        if self._config.format == "alertmanager":
-            payload: Any = alertmanager_payload(
-                records, now=now, hold=self._hold, generator_url=self._config.generator_url
-            )
-        else:
-            payload = list(records)
-        return _encoder.encode(payload)
-
-    def send(self, records: Sequence[AlertRecord]) -> None:
-        body = self.body(records, time.time())
-        connection_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        connection = connection_class(self._host, self._port, timeout=self._config.timeout)
-        try:
-            connection.request("POST", self._path, body=body, headers=self._headers)
-            response = connection.getresponse()
-            response.read(64 * 1024)
-        except (OSError, http.client.HTTPException) as exc:
-            raise DeliveryFailed(f"POST {self._safe_url()}: {exc or type(exc).__name__}") from None
-        finally:
-            connection.close()
-        if 200 <= response.status < 300:
-            return
-        message = f"POST {self._safe_url()}: HTTP {response.status} {response.reason}"
-        if response.status == 429 or response.status >= 500:
-            raise DeliveryFailed(message, retry_after=_retry_after(response.getheader("Retry-After")))
-        raise DeliveryFailed(message, retryable=False)
-
-    def _safe_url(self) -> str:
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
-
-    def close(self) -> None:
-        """Connections are per request; nothing is held."""
-
-
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
 
 
 # --- the worker --------------------------------------------------------------------------------

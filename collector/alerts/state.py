@@ -1,63 +1,53 @@
-"""Alert state shared by every collector of a group, kept in Redis.
+"""Alert state shared by every collector of one consumer group, kept in Redis.
 
-Keys, under the alerts stream's name (``telemetry:alerts`` by default, so a
-hash-tagged stream prefix keeps them in one cluster slot):
+Keys, under ``{alerts stream}:{group}`` (``telemetry:alerts:telemetry-collectors``
+by default; a hash-tagged stream prefix keeps them in one cluster slot):
 
 - ``…:rate:{rule}:{slice}``: hash group -> count, expiring once no window can include it
 - ``…:value:{rule}:{slice}``: hash ``{group}\\x1f{n,sum,min,max}``; ``…:samples:{rule}:{slice}:{hash}``:
   a list with a reservoir sample of that group's values
+- ``…:ids:{rule}:{slice}``: set of the idempotence keys of the events counted in
+  that slice, expiring with it: a redelivered or claimed entry counts once
 - ``…:seen:{rule}``: sorted set group -> last seen (``absence`` rules)
 - ``…:known:{rule}``: sorted set key -> last seen (``new`` rules)
-- ``…:state``: hash fingerprint -> :class:`rules.StoredAlert` JSON
+- ``…:state``: hash fingerprint -> :class:`records.StoredAlert` JSON
 
-Every change is one Lua script, so it is atomic: two collectors that see the
-same breach both run the lifecycle script, the first one fires and the second
-finds the alert already firing. A notification is appended to the alerts
-stream *inside* the script that changes the state, so the stream holds
-exactly one entry per transition and a crash can never record a transition
-without its entry (or the reverse). A restarted collector finds everything
-where it was: it neither fires again nor forgets what it has seen.
+Two consumer groups on the same streams each see every event; their state is
+apart so neither counts the other's deliveries. Every change is one Lua
+script, so it is atomic: two collectors of a group that see the same breach
+both run the lifecycle script, the first one fires and the second finds the
+alert already firing. A notification is appended to the alerts stream
+*inside* the script that changes the state, so the stream holds exactly one
+entry per transition and a crash can never record a transition without its
+entry (or the reverse). A restarted collector finds everything where it
+was: it neither fires again, nor counts again, nor forgets what it has seen.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import msgspec
 import redis
 
-from collector.alerts.config import AbsenceRule, NewRule, RateRule, ValueRule
-from collector.alerts.rules import (
-    AlertRecord,
-    BucketStats,
-    Candidate,
-    CompiledRule,
-    Expired,
-    Sighting,
-    Snapshot,
-    StoredAlert,
-    Updates,
-    bucket_expiry_ms,
-    candidate,
-    iso_time,
-    window_buckets,
-)
+from collector.alerts.records import AlertRecord, Candidate, Expired, StoredAlert, iso_time
+from collector.alerts.rules import Snapshot
+from collector.alerts.windows import Updates
 from emitters.streams import StreamNames
 
-__all__ = ["AlertState", "KNOWN_TTL_MIN"]
+if TYPE_CHECKING:
+    from collector.alerts.kinds import AlertRule
 
-# Known keys are kept at least this long after they were last seen.
-KNOWN_TTL_MIN = 30 * 86400.0
-SEP = "\x1f"
+__all__ = ["AlertState"]
 
 # The lifecycle of one alert, shared by the transition and first-seen scripts.
 # KEYS[1] state hash, KEYS[2] alerts stream; ARGV[1] now (unix s), ARGV[2] now
-# as RFC 3339, ARGV[3] MAXLEN of the stream.
+# as RFC 3339, ARGV[3] MAXLEN of the stream, ARGV[5] the consumer group.
 _LIFECYCLE = r"""
 local state_key, stream_key = KEYS[1], KEYS[2]
-local now, now_iso, maxlen = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local now, now_iso, maxlen, group_name = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[5]
 local out = {}
 
 local function notify(record)
@@ -73,6 +63,7 @@ local function transition(c)
   local rec = c.record
   rec.status = 'firing'
   rec.ends_at = cjson.null
+  rec.group = group_name
   if c.active then
     if st and st.status == 'firing' then
       rec.starts_at = st.record.starts_at
@@ -156,47 +147,68 @@ return out
 )
 
 # Window slices, last-seen times and value reservoirs. ARGV[1]: {"counts":
-# [[key, group, n, expire_at_ms]...], "seen": [[key, group, ts, ttl_ms]...],
-# "values": [[stats_key, samples_key, group, [value...], [uniform...], cap, expire_at_ms]...]}
-# with keys as indexes into KEYS. Values travel as text so the samples keep
-# every digit; the uniforms drive reservoir sampling (Algorithm R) over the
-# shared count, so the sample is fair whichever collector saw which value.
+# [[counts, ids, expire_at_ms, [[key, group]...]]...], "seen": [[key, group, ts, ttl_ms]...],
+# "values": [[stats, samples, ids, group, [value...], [uniform...], [key...], cap, expire_at_ms]...]}
+# with keys as indexes into KEYS. An item whose idempotence key is already in
+# the slice's ids set was counted before (a redelivery) and adds nothing; ""
+# marks the collector's own observations, which have no entry to redeliver.
+# Values travel as text so the samples keep every digit; the uniforms drive
+# reservoir sampling (Algorithm R) over the shared count, so the sample is
+# fair whichever collector saw which value.
 _RECORD = r"""
 local ops = cjson.decode(ARGV[1])
+local function first_time(ids, key)
+  return key == '' or redis.call('SADD', ids, key) == 1
+end
 for _, c in ipairs(ops.counts) do
-  redis.call('HINCRBY', KEYS[c[1]], c[2], c[3])
-  redis.call('PEXPIREAT', KEYS[c[1]], c[4])
+  local added = {}
+  for _, item in ipairs(c[4]) do
+    if first_time(KEYS[c[2]], item[1]) then
+      added[item[2]] = (added[item[2]] or 0) + 1
+    end
+  end
+  for g, n in pairs(added) do
+    redis.call('HINCRBY', KEYS[c[1]], g, n)
+  end
+  redis.call('PEXPIREAT', KEYS[c[1]], c[3])
+  redis.call('PEXPIREAT', KEYS[c[2]], c[3])
 end
 for _, s in ipairs(ops.seen) do
   redis.call('ZADD', KEYS[s[1]], 'GT', s[3], s[2])
   redis.call('PEXPIRE', KEYS[s[1]], s[4])
 end
 for _, v in ipairs(ops.values) do
-  local stats, samples, g, cap = KEYS[v[1]], KEYS[v[2]], v[3], v[6]
+  local stats, samples, ids, g, cap = KEYS[v[1]], KEYS[v[2]], KEYS[v[3]], v[4], v[8]
   local n = tonumber(redis.call('HGET', stats, g .. '\31n') or '0')
   local low = redis.call('HGET', stats, g .. '\31min')
   local high = redis.call('HGET', stats, g .. '\31max')
   local length = redis.call('LLEN', samples)
-  local sum = 0
-  for i, text in ipairs(v[4]) do
-    local x = tonumber(text)
-    n = n + 1
-    sum = sum + x
-    if not low or x < tonumber(low) then low = text end
-    if not high or x > tonumber(high) then high = text end
-    if length < cap then
-      redis.call('RPUSH', samples, text)
-      length = length + 1
-    else
-      local j = math.floor(v[5][i] * n)
-      if j < cap then redis.call('LSET', samples, j, text) end
+  local sum, added = 0, 0
+  for i, text in ipairs(v[5]) do
+    if first_time(ids, v[7][i]) then
+      local x = tonumber(text)
+      n = n + 1
+      added = added + 1
+      sum = sum + x
+      if not low or x < tonumber(low) then low = text end
+      if not high or x > tonumber(high) then high = text end
+      if length < cap then
+        redis.call('RPUSH', samples, text)
+        length = length + 1
+      else
+        local j = math.floor(v[6][i] * n)
+        if j < cap then redis.call('LSET', samples, j, text) end
+      end
     end
   end
-  redis.call('HSET', stats, g .. '\31n', string.format('%d', n), g .. '\31min', low, g .. '\31max', high)
-  -- pcall: a sum beyond the float range is refused by Redis; avg is then off, nothing else
-  redis.pcall('HINCRBYFLOAT', stats, g .. '\31sum', string.format('%.17g', sum))
-  redis.call('PEXPIREAT', stats, v[7])
-  redis.call('PEXPIREAT', samples, v[7])
+  if added > 0 then
+    redis.call('HSET', stats, g .. '\31n', string.format('%d', n), g .. '\31min', low, g .. '\31max', high)
+    -- pcall: a sum beyond the float range is refused by Redis; avg is then off, nothing else
+    redis.pcall('HINCRBYFLOAT', stats, g .. '\31sum', string.format('%.17g', sum))
+    redis.call('PEXPIREAT', stats, v[9])
+    redis.call('PEXPIREAT', samples, v[9])
+  end
+  redis.call('PEXPIREAT', ids, v[9])
 end
 return 1
 """
@@ -211,17 +223,24 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
 def _group_hash(group: str) -> str:
     return hashlib.blake2b(group.encode(), digest_size=6).hexdigest()
 
 
 class AlertState:
-    """Reads and atomically changes the shared alert state of one stream prefix."""
+    """Reads and atomically changes the shared alert state of one consumer group."""
 
-    def __init__(self, client: redis.Redis, names: StreamNames, *, history: int = 10_000) -> None:
+    def __init__(self, client: redis.Redis, names: StreamNames, group: str, *, history: int = 10_000) -> None:
         self.client = client
+        self.names = names
+        self.group = group
         self.stream = names.alerts
-        self.state_key = f"{names.alerts}:state"
+        self.base = f"{names.alerts}:{group}"
+        self.state_key = f"{self.base}:state"
         self.history = history
         self._transition = client.register_script(_TRANSITION)
         self._first_seen = client.register_script(_FIRST_SEEN)
@@ -229,25 +248,28 @@ class AlertState:
 
     # --- key names ---
 
-    def rate_key(self, rule: str, bucket: int) -> str:
-        return f"{self.stream}:rate:{rule}:{bucket}"
+    def counts_key(self, rule: str, bucket: int) -> str:
+        return f"{self.base}:rate:{rule}:{bucket}"
 
-    def value_key(self, rule: str, bucket: int) -> str:
-        return f"{self.stream}:value:{rule}:{bucket}"
+    def stats_key(self, rule: str, bucket: int) -> str:
+        return f"{self.base}:value:{rule}:{bucket}"
 
     def samples_key(self, rule: str, bucket: int, group: str) -> str:
-        return f"{self.stream}:samples:{rule}:{bucket}:{_group_hash(group)}"
+        return f"{self.base}:samples:{rule}:{bucket}:{_group_hash(group)}"
+
+    def ids_key(self, rule: str, bucket: int) -> str:
+        return f"{self.base}:ids:{rule}:{bucket}"
 
     def seen_key(self, rule: str) -> str:
-        return f"{self.stream}:seen:{rule}"
+        return f"{self.base}:seen:{rule}"
 
     def known_key(self, rule: str) -> str:
-        return f"{self.stream}:known:{rule}"
+        return f"{self.base}:known:{rule}"
 
     # --- writes ---
 
-    def record(self, updates: Updates, rules: dict[str, CompiledRule]) -> None:
-        """Add the window counts, value samples and last-seen times of ``updates``."""
+    def record(self, updates: Updates) -> None:
+        """Add the window counts, value samples and last-seen times of ``updates``, each event once."""
         keys: list[str] = []
         index: dict[str, int] = {}
 
@@ -258,56 +280,34 @@ class AlertState:
             return index[key]
 
         counts = [
-            [ref(self.rate_key(name, bucket)), group, n, bucket_expiry_ms(rules[name].window, bucket)]
-            for (name, bucket), groups in updates.counts.items()
-            if name in rules
-            for group, n in groups.items()
+            [ref(self.counts_key(name, bucket)), ref(self.ids_key(name, bucket)), slot.expire_ms, slot.items]
+            for (name, bucket), slot in updates.counts.items()
         ]
-        seen = []
-        for (name, group), ts in updates.seen.items():
-            rule = rules.get(name)
-            if rule is not None and isinstance(rule.rule, AbsenceRule):
-                seen.append([ref(self.seen_key(name)), group, ts, int(rule.rule.forget_after * 1000)])
-        values = []
-        for (name, bucket, group), samples in updates.samples.items():
-            rule = rules.get(name)
-            if rule is None or not isinstance(rule.rule, ValueRule):
-                continue
-            values.append(
-                [
-                    ref(self.value_key(name, bucket)),
-                    ref(self.samples_key(name, bucket, group)),
-                    group,
-                    [repr(sample) for sample in samples],
-                    [random.random() for _ in samples],
-                    rule.rule.max_samples,
-                    bucket_expiry_ms(rule.window, bucket),
-                ]
-            )
+        seen = [[ref(self.seen_key(name)), group, ts, ttl] for (name, group), (ts, ttl) in updates.seen.items()]
+        values = [
+            [
+                ref(self.stats_key(name, bucket)),
+                ref(self.samples_key(name, bucket, group)),
+                ref(self.ids_key(name, bucket)),
+                group,
+                [repr(value) for _, value in slot.items],
+                [random.random() for _ in slot.items],
+                [key for key, _ in slot.items],
+                slot.cap,
+                slot.expire_ms,
+            ]
+            for (name, bucket, group), slot in updates.samples.items()
+        ]
         if counts or seen or values:
             self._record(keys=keys, args=[_encode({"counts": counts, "seen": seen, "values": values})])
 
-    def first_seen(self, rule: CompiledRule, sightings: Sequence[Sighting], now: float) -> list[AlertRecord]:
-        """Remember ``sightings`` of a ``new`` rule; fire for keys never seen or silent too long."""
-        spec = rule.rule
-        assert isinstance(spec, NewRule)
-        batch = {
-            "sightings": [
-                [
-                    sighting.key,
-                    sighting.ts,
-                    candidate(rule, sighting.group, sighting.first, active=True),
-                    candidate(rule, sighting.group, sighting.regression, active=True),
-                ]
-                for sighting in sightings
-            ],
-            "regression_after": float(spec.regression_after),
-            "max_known": spec.max_known,
-            "ttl_ms": int(max(KNOWN_TTL_MIN, 2 * spec.regression_after) * 1000),
-        }
+    def _lifecycle_args(self, now: float, batch: Any) -> list[Any]:
+        return [now, iso_time(now), self.history, _encode(batch), self.group]
+
+    def first_seen(self, rule: str, batch: dict[str, Any], now: float) -> list[AlertRecord]:
+        """Remember the sightings of a ``new`` rule; fire for keys never seen or silent too long."""
         out = self._first_seen(
-            keys=[self.state_key, self.stream, self.known_key(rule.name)],
-            args=[now, iso_time(now), self.history, _encode(batch)],
+            keys=[self.state_key, self.stream, self.known_key(rule)], args=self._lifecycle_args(now, batch)
         )
         return [_alert_decoder.decode(payload) for payload in out]
 
@@ -316,112 +316,57 @@ class AlertState:
         if not candidates and not expired:
             return []
         batch = {"candidates": candidates, "expired": [[item.fp, item.resolved] for item in expired]}
-        out = self._transition(
-            keys=[self.state_key, self.stream],
-            args=[now, iso_time(now), self.history, _encode(batch)],
-        )
+        out = self._transition(keys=[self.state_key, self.stream], args=self._lifecycle_args(now, batch))
         return [_alert_decoder.decode(payload) for payload in out]
 
     # --- reads ---
 
-    def snapshot(self, rules: Sequence[CompiledRule], now: float) -> Snapshot:
-        """The windows, last-seen times and alert states the rules are evaluated on."""
+    def snapshot(self, rules: Sequence["AlertRule"], now: float) -> Snapshot:
+        """The measures of the window rules and the alert states, read in one round trip (two for percentiles)."""
         pipe = self.client.pipeline(transaction=False)
-        plan: list[tuple[CompiledRule, list[int]]] = []
-        for rule in rules:
-            spec = rule.rule
-            if isinstance(spec, RateRule):
-                buckets = list(window_buckets(spec.window, now))
-                for bucket in buckets:
-                    pipe.hgetall(self.rate_key(rule.name, bucket))
-            elif isinstance(spec, ValueRule):
-                buckets = list(window_buckets(spec.window, now))
-                for bucket in buckets:
-                    pipe.hgetall(self.value_key(rule.name, bucket))
-            elif isinstance(spec, AbsenceRule):
-                buckets = []
-                pipe.zremrangebyscore(self.seen_key(rule.name), "-inf", f"({now - spec.forget_after}")
-                pipe.zrange(self.seen_key(rule.name), 0, -1, withscores=True)
-            else:
-                continue
-            plan.append((rule, buckets))
+        readers = [(rule.name, reader) for rule in rules if (reader := rule.read(self, pipe, now)) is not None]
         pipe.hgetall(self.state_key)
         replies = iter(pipe.execute())
-
-        rate: dict[str, list[dict[str, int]]] = {}
-        stats: dict[str, list[tuple[int, dict[str, dict[str, str]]]]] = {}
-        seen: dict[str, dict[str, float]] = {}
-        for rule, buckets in plan:
-            if isinstance(rule.rule, RateRule):
-                rate[rule.name] = [
-                    {_text(group): int(n) for group, n in next(replies).items()} for _ in buckets
-                ]
-            elif isinstance(rule.rule, ValueRule):
-                stats[rule.name] = [(bucket, _parse_stats(next(replies))) for bucket in buckets]
-            else:
-                next(replies)  # the ZREMRANGEBYSCORE count
-                seen[rule.name] = {_text(group): float(ts) for group, ts in next(replies)}
+        measures = {name: reader(replies) for name, reader in readers}
         alerts = {_text(fp): _stored_decoder.decode(raw) for fp, raw in next(replies).items()}
-        return Snapshot(rate=rate, value=self._slices(rules, stats), seen=seen, alerts=alerts)
-
-    def _slices(
-        self, rules: Sequence[CompiledRule], stats: dict[str, list[tuple[int, dict[str, dict[str, str]]]]]
-    ) -> dict[str, dict[str, list[BucketStats]]]:
-        """Join the value slices with their reservoirs (read only for percentiles)."""
-        by_name = {rule.name: rule for rule in rules}
-        wanted: list[tuple[str, int, str]] = []
-        for name, buckets in stats.items():
-            spec = by_name[name].rule
-            assert isinstance(spec, ValueRule)
-            if spec.aggregate.startswith("p"):
-                wanted += [(name, bucket, group) for bucket, groups in buckets for group in groups]
-        samples: dict[tuple[str, int, str], list[float]] = {}
-        if wanted:
-            pipe = self.client.pipeline(transaction=False)
-            for name, bucket, group in wanted:
-                pipe.lrange(self.samples_key(name, bucket, group), 0, -1)
-            for slot, reply in zip(wanted, pipe.execute()):
-                samples[slot] = [float(item) for item in reply]
-        result: dict[str, dict[str, list[BucketStats]]] = {}
-        for name, buckets in stats.items():
-            groups: dict[str, list[BucketStats]] = {}
-            for bucket, by_group in buckets:
-                for group, fields in by_group.items():
-                    groups.setdefault(group, []).append(
-                        BucketStats(
-                            count=int(fields.get("n", 0)),
-                            total=float(fields.get("sum", 0.0)),
-                            low=float(fields.get("min", "inf")),
-                            high=float(fields.get("max", "-inf")),
-                            samples=samples.get((name, bucket, group), ()),
-                        )
-                    )
-            result[name] = groups
-        return result
+        return Snapshot(measures=measures, alerts=alerts)
 
     def alerts(self) -> dict[str, StoredAlert]:
         """Every alert state: firing ones and those resolved within their cooldown."""
         return {_text(fp): _stored_decoder.decode(raw) for fp, raw in self.client.hgetall(self.state_key).items()}
 
+    def clear(self) -> None:
+        """Delete this group's whole alert state (its notifications stay in the stream)."""
+        keys = list(self.client.scan_iter(match=f"{_glob_escape(self.base)}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            self.client.delete(*keys[start : start + 500])
+
     def recent(self, count: int) -> list[tuple[str, AlertRecord]]:
-        """The last ``count`` notifications of the alerts stream, newest first, with entry ids."""
-        entries = self.client.xrevrange(self.stream, count=count)
-        out = []
+        """The last ``count`` notifications of this group in the alerts stream, newest first, with entry ids."""
+        return recent_alerts(self.client, self.stream, count, group=self.group)
+
+
+def recent_alerts(
+    client: redis.Redis, stream: str, count: int, *, group: Optional[str] = None
+) -> list[tuple[str, AlertRecord]]:
+    """The last ``count`` alert records of ``stream`` (of ``group`` only, when given), newest first."""
+    out: list[tuple[str, AlertRecord]] = []
+    last = "+"
+    while len(out) < count:
+        entries = client.xrevrange(stream, max=last, count=max(count, 100))
         for entry_id, fields in entries:
             payload: Optional[bytes] = fields.get(b"alert", fields.get("alert"))  # type: ignore[call-overload]
             if payload is None:
                 continue
             try:
-                out.append((_text(entry_id), _alert_decoder.decode(payload)))
+                record = _alert_decoder.decode(payload)
             except msgspec.ValidationError:
                 continue  # written by something else; `alerts` shows what it understands
-        return out
-
-
-def _parse_stats(raw: dict[Any, Any]) -> dict[str, dict[str, str]]:
-    groups: dict[str, dict[str, str]] = {}
-    for field, value in raw.items():
-        group, _, stat = _text(field).rpartition(SEP)
-        groups.setdefault(group, {})[stat] = _text(value)
-    return groups
-
+            if group is None or record.group in (group, None):
+                out.append((_text(entry_id), record))
+                if len(out) == count:
+                    break
+        if len(entries) < max(count, 100):
+            break
+        last = "(" + _text(entries[-1][0])
+    return out

@@ -15,7 +15,6 @@ collector catch up, and exits 0; a second one exits at once.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import statistics
 import tempfile
@@ -23,7 +22,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Optional
 
 import click
@@ -34,6 +32,7 @@ from collector.commands.demo_server import DemoServer, ServerStartError, traffic
 from collector.config import Config, ConfigError, load_config
 from collector.durations import DurationParam
 from collector.embedded import RedisNotFound, RedisProcess
+from collector.shutdown import StopSignals
 from emitters.events import DecodeError, Event, ValidationError, decode
 from emitters.mlx import percentile
 from emitters.streams import PAYLOAD_FIELD, StreamNames, stream_names
@@ -126,30 +125,6 @@ def _fmt_ms(value: Optional[float]) -> str:
 
 
 # --- the command ----------------------------------------------------------------------------------
-
-
-class _Signals:
-    """First SIGINT/SIGTERM: stop warmly (set ``stop``); a second one exits at once."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-        self.previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # only the main thread may own signals; Ctrl-C then stays Python's
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        if self.stop.is_set():
-            os.write(2, b"telemetry-collector demo: second signal, exiting now\n")
-            os._exit(128 + signum)
-        self.stop.set()
-
-    def restore(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 def _demo_config(redis_url: str, jsonl_dir: Path, stream_prefix: str) -> Config:
@@ -247,7 +222,7 @@ def demo(
     from collector.tinymodel import tiny_model_path
 
     stop = threading.Event()
-    signals = _Signals(stop)
+    signals = StopSignals(stop.set, name="telemetry-collector demo")
     signals.install()
     scratch = Path(tempfile.mkdtemp(prefix="telemetry-demo-"))
     try:
@@ -317,8 +292,7 @@ def _run_demo(
     seed: int,
     print_every: float,
 ) -> None:
-    from collector.alerts.engine import build_engine
-    from collector.daemon import Collector, build_sinks
+    from collector.pipeline import build_collector, leave_group
     from collector.logsetup import configure_logging
     from collector.redisconn import connect
 
@@ -328,8 +302,7 @@ def _run_demo(
         raise click.UsageError(str(exc)) from None
     configure_logging(config.log.format, config.log.level)
     names = stream_names(stream_prefix)
-    sinks = build_sinks(config)
-    collector = Collector(config, sinks=sinks, alert_engine=build_engine(config, sinks=sinks))
+    collector = build_collector(config)
     collector_thread = threading.Thread(target=collector.run, name="demo-collector", daemon=True)
     collector_thread.start()
     client = connect(url)
@@ -369,6 +342,8 @@ def _run_demo(
             server.stop()
         collector.request_stop()
         collector_thread.join(config.collector.shutdown_timeout + 5)
+        # The demo's group is its own: left behind it would hold back trimming and degrade `health`.
+        leave_group(client, config)
         client.close()
 
 
@@ -460,7 +435,7 @@ def _print_summary(
 
 def _alert_text(fields: dict[bytes, bytes]) -> str:
     """One line for an ``{prefix}:alerts`` entry (an ``alert`` field holding a JSON AlertRecord)."""
-    from collector.alerts.rules import AlertRecord
+    from collector.alerts.records import AlertRecord
 
     try:
         record = msgspec.json.decode(fields[b"alert"], type=AlertRecord)

@@ -9,12 +9,8 @@ Every option of ``run`` is bound to a config field (see
 from __future__ import annotations
 
 import functools
-import os
-import signal
-import threading
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import click
@@ -23,13 +19,13 @@ import structlog
 from click.core import ParameterSource
 
 from collector import durations
-from collector.alerts.engine import build_engine
 from collector.config import CliSetting, Config, ConfigError, cli_settings, load_config, redacted
-from collector.daemon import Collector, build_sinks
 from collector.durations import Duration, DurationParam
 from collector.embedded import RedisNotFound, RedisProcess, free_port, port_is_free
 from collector.logsetup import configure_logging
 from collector.otlp.config import cli_options as otlp_cli_options
+from collector.pipeline import build_collector
+from collector.shutdown import StopSignals
 
 __all__ = ["run", "check_config"]
 
@@ -162,27 +158,10 @@ def _redis_for(config: Config) -> Iterator[tuple[Config, Optional[RedisProcess]]
         log.info("embedded_redis_stopped")
 
 
-def _install_signal_handlers(collector: Collector, embedded: Optional[RedisProcess]) -> None:
-    """SIGTERM/SIGINT: warm stop; a second one, or the deadline passing, exits at once."""
-
-    def cold_exit(code: int, why: bytes) -> None:
-        # os.write, not the logger: a signal may land while the main thread holds its lock.
-        os.write(2, b"telemetry-collector: " + why + b"; exiting now, unacked entries stay pending\n")
-        if embedded is not None and embedded.process is not None:
-            embedded.process.terminate()
-        os._exit(code)
-
-    def handle(signum: int, frame: Optional[FrameType]) -> None:
-        if collector.stop_requested:
-            cold_exit(128 + signum, b"second signal")
-        collector.request_stop()
-        deadline = collector.settings.shutdown_timeout + HARD_STOP_GRACE
-        timer = threading.Timer(deadline, cold_exit, args=(1, b"shutdown deadline passed"))
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+def _terminate(embedded: RedisProcess) -> None:
+    """Cold exit: the private redis-server must not outlive us (it would hold the port)."""
+    if embedded.process is not None:
+        embedded.process.terminate()
 
 
 @click.command(context_settings={"max_content_width": 120})
@@ -206,18 +185,22 @@ def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
     configure_logging(config.log.format, config.log.level)
     with _redis_for(config) as (config, embedded):
         try:
-            sinks = build_sinks(config)
-            alert_engine = build_engine(config, sinks=sinks)
+            collector = build_collector(config)
         except ValueError as exc:  # settings only checkable now: OTEL_* variables, webhook secrets
             click.echo(f"Error: invalid config: {exc}", err=True)
             raise click.exceptions.Exit(2) from None
-        collector = Collector(config, sinks=sinks, alert_engine=alert_engine)
-        _install_signal_handlers(collector, embedded)
-        try:
-            collector.run()
-        except Exception:
-            log.exception("collector_failed")
-            raise SystemExit(1) from None
+        signals = StopSignals(
+            collector.request_stop,
+            name="telemetry-collector",
+            deadline=collector.settings.shutdown_timeout + HARD_STOP_GRACE,
+            before_exit=None if embedded is None else functools.partial(_terminate, embedded),
+        )
+        with signals:
+            try:
+                collector.run()
+            except Exception:
+                log.exception("collector_failed")
+                raise SystemExit(1) from None
 
 
 # --- check-config ---------------------------------------------------------------------------------

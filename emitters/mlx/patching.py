@@ -8,7 +8,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from emitters.emitter import Emitter
 from emitters.mlx.batching import instrumented_batch_generator

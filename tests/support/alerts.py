@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import msgspec
 import redis
 
 from collector.alerts.config import AlertsConfig
-from collector.alerts.rules import AlertRecord
+from collector.alerts.records import AlertRecord
+from collector.alerts.stage import AlertStage
+from collector.alerts.state import AlertState
 from collector.durations import dec_hook
 from collector.records import Record
+from emitters.streams import stream_names
 from emitters.events import CustomEvent, ErrorEvent, Event, GenerationCompleted, RuntimeStatus, encode, is_error
 
 _alert = msgspec.json.Decoder(AlertRecord)
@@ -67,8 +71,13 @@ def custom(ts: float, type: str, *, service: str = "engine", **attrs: Any) -> Cu
     return CustomEvent(**envelope(ts, service, type=type, attrs=attrs))
 
 
+_entry_ids = itertools.count(1)
+
+
 def record(event: Event) -> Record:
-    return Record(stream="errors" if is_error(event) else "events", stream_id="1-0", event=event, raw=encode(event))
+    """A delivered entry of ``event`` (each call a new entry id, as Redis would give)."""
+    entry_id = f"{int(event.ts // 1_000_000)}-{next(_entry_ids)}"
+    return Record(stream="errors" if is_error(event) else "events", stream_id=entry_id, event=event, raw=encode(event))
 
 
 def records(*events: Event) -> list[Record]:
@@ -80,8 +89,8 @@ def alerts_config(**raw: Any) -> AlertsConfig:
 
 
 def stream_alerts(client: redis.Redis, key: str = "telemetry:alerts") -> list[AlertRecord]:
-    """Every record in the alerts stream, oldest first, decoded from the `alert` field."""
-    return [_alert.decode(fields[b"alert"]) for _, fields in client.xrange(key)]
+    """Every alert record in the alerts stream, oldest first, decoded from the `alert` field (silence changes left out)."""
+    return [_alert.decode(fields[b"alert"]) for _, fields in client.xrange(key) if b"alert" in fields]
 
 
 class FakeClock:
@@ -134,3 +143,39 @@ class Receiver:
         self.hold.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+GROUP = "telemetry-collectors"
+
+
+def make_stage(
+    client: redis.Redis,
+    config: AlertsConfig,
+    *,
+    group: str = GROUP,
+    clock: Callable[[], float] = time.time,
+    channels: Sequence[Any] = (),
+    prefix: str = "telemetry",
+    log: Any = None,
+) -> AlertStage:
+    """An alert stage of consumer group ``group`` on ``client``, as the pipeline builds it."""
+    state = AlertState(client, stream_names(prefix), group, history=config.history)
+    return AlertStage(config, state, channels, clock=clock, log=log)
+
+
+class LogCapture:
+    """A structlog-shaped logger that keeps the events (to assert on what was logged)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+    def notified(self, rule: Optional[str] = None) -> list[tuple[str, str]]:
+        """(rule, status) of every notification logged, oldest first."""
+        return [
+            (fields["rule"], fields["status"])
+            for _, event, fields in self.lines
+            if event in ("alert_firing", "alert_resolved") and rule in (None, fields["rule"])
+        ]

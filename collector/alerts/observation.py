@@ -1,0 +1,150 @@
+"""Events as alert rules see them, and the compiled filters that match them."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from collector.alerts.config import LAG_EVENT_TYPE, Filter, service_pattern, type_pattern
+from emitters.events import SEVERITY_RANK, Event
+
+__all__ = ["Scalar", "Observation", "Matcher", "Relevance", "label_value", "label_name"]
+
+Scalar = Union[str, int, float, bool]
+
+
+class Observation:
+    """One event as rules see it: type, service, severity, time and field lookup.
+
+    ``ts`` is unix seconds; ``key`` identifies the event (its ``id``) for
+    counting it once. Built from a decoded event, or from plain fields
+    for the collector's own synthetic events (lag), which only rules naming
+    their type in ``filter.type`` see.
+    """
+
+    __slots__ = ("type", "service", "severity", "ts", "key", "synthetic", "_event", "_fields")
+
+    def __init__(
+        self,
+        type: str,
+        service: str,
+        severity: str,
+        ts: float,
+        *,
+        event: Optional[Event] = None,
+        fields: Optional[Mapping[str, Scalar]] = None,
+    ) -> None:
+        self.type = type
+        self.service = service
+        self.severity = severity
+        self.ts = ts
+        # The idempotence key: a window counts an event once however often its entry is
+        # delivered. Synthetic observations have none (""): they are never delivered twice.
+        self.key = "" if event is None else event.id[:16]
+        self.synthetic = event is None
+        self._event = event
+        self._fields = fields
+
+    @classmethod
+    def from_event(cls, event: Event) -> "Observation":
+        return cls(event.type, event.service, event.severity, event.ts / 1e9, event=event)
+
+    @classmethod
+    def lag(cls, stream: str, lag: int, maxlen: int, ts: float) -> "Observation":
+        fields = {"stream": stream, "lag": lag, "maxlen": maxlen, "ratio": lag / maxlen}
+        return cls(LAG_EVENT_TYPE, "telemetry-collector", "info", ts, fields=fields)
+
+    def get(self, name: str) -> Optional[Scalar]:
+        """The scalar value of field ``name`` (see :data:`config.FieldName`), or None."""
+        if name == "type":
+            return self.type
+        if self._fields is not None:
+            value: Any = self._fields.get(name)
+        else:
+            event = self._event
+            fields = event.__struct_fields__  # type: ignore[union-attr]
+            root, dot, key = name.partition(".")
+            if dot:
+                nested = getattr(event, root) if root in fields else None
+                value = nested.get(key) if isinstance(nested, dict) else None
+            elif name in fields:
+                value = getattr(event, name)
+            else:
+                value = event.attrs.get(name)  # type: ignore[union-attr]
+        return value if isinstance(value, (str, int, float)) else None
+
+
+def _equal(expected: Scalar, actual: Optional[Scalar]) -> bool:
+    # In Python True == 1; in a filter `fields = {cached = true}` must not match 1.
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return type(expected) is type(actual) and expected == actual
+    return expected == actual
+
+
+class Matcher:
+    """A compiled :class:`config.Filter`: call it with an observation."""
+
+    def __init__(self, spec: Filter) -> None:
+        self._type = None if spec.type is None else type_pattern(spec.type)
+        self._service = None if spec.service is None else service_pattern(spec.service)
+        self._severity = spec.severity
+        self._min_rank = None if spec.min_severity is None else SEVERITY_RANK[spec.min_severity]
+        self._fields = tuple(spec.fields.items())
+
+    def __call__(self, obs: Observation) -> bool:
+        return self.accepts_type(obs.type, obs.synthetic) and self.accepts(obs)
+
+    def accepts_type(self, type: str, synthetic: bool) -> bool:
+        if self._type is None:
+            return not synthetic
+        return self._type.match(type) is not None
+
+    def accepts_severity(self, severity: str) -> bool:
+        if self._severity is not None and severity != self._severity:
+            return False
+        return self._min_rank is None or SEVERITY_RANK.get(severity, 0) >= self._min_rank
+
+    def accepts(self, obs: Observation) -> bool:
+        """Every condition but the type (which callers check once per type)."""
+        if self._service is not None and not self._service.match(obs.service):
+            return False
+        if not self.accepts_severity(obs.severity):
+            return False
+        return all(_equal(expected, obs.get(name)) for name, expected in self._fields)
+
+
+def label_value(value: Optional[Scalar]) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def label_name(field: str) -> str:
+    """``attrs.region`` -> ``region``; the event's ``severity`` must not shadow the alert's."""
+    name = field.rpartition(".")[2]
+    name = "".join(char if char.isalnum() or char == "_" else "_" for char in name)
+    if not (name[:1].isalpha() or name[:1] == "_"):
+        name = f"_{name}"
+    return "event_severity" if name == "severity" else name
+
+
+class Relevance:
+    """Whether any rule could accept an event of this type and severity.
+
+    Most events (info-level generations, tokens) match no rule; answering from
+    a cache keyed by (type, severity) spares them the per-event rule work.
+    """
+
+    def __init__(self, matchers: Sequence[Matcher]) -> None:
+        self._matchers = matchers
+        self._cache: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, type: str, severity: str) -> bool:
+        relevant = self._cache.get((type, severity))
+        if relevant is None:
+            relevant = self._cache[(type, severity)] = any(
+                matcher.accepts_type(type, False) and matcher.accepts_severity(severity)
+                for matcher in self._matchers
+            )
+        return relevant
