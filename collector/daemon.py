@@ -115,6 +115,7 @@ class Counters:
     claimed: int = 0
     lost: int = 0  # trimmed from the stream while pending: gone before we could read them
     reconnects: int = 0
+    sink_failures: int = 0  # writes a sink refused for now (unavailable or credentials); retried
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -539,6 +540,7 @@ class Collector:
                     break
                 else:
                     break
+                self.counters.sink_failures += 1
                 self._pause(delay)
             batch.accepted.add(index)
         if self.status in (BACKPRESSURE, PAUSED_AUTH):

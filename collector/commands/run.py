@@ -28,6 +28,7 @@ from collector.config import CliSetting, Config, ConfigError, cli_settings, load
 from collector.daemon import Collector, build_sinks
 from collector.durations import Duration, DurationParam
 from collector.embedded import RedisNotFound, RedisProcess, free_port, port_is_free
+from collector.http.embed import CollectorHttp
 from collector.logsetup import configure_logging
 from collector.otlp.config import cli_options as otlp_cli_options
 
@@ -208,16 +209,23 @@ def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
         try:
             sinks = build_sinks(config)
             alert_engine = build_engine(config, sinks=sinks)
+            http = CollectorHttp(config) if config.http.port else None
         except ValueError as exc:  # settings only checkable now: OTEL_* variables, webhook secrets
             click.echo(f"Error: invalid config: {exc}", err=True)
             raise click.exceptions.Exit(2) from None
-        collector = Collector(config, sinks=sinks, alert_engine=alert_engine)
+        stages = [*sinks, http.sink] if http is not None else sinks
+        collector = Collector(config, sinks=stages, alert_engine=alert_engine)
         _install_signal_handlers(collector, embedded)
+        if http is not None:
+            http.start(collector)
         try:
             collector.run()
         except Exception:
             log.exception("collector_failed")
             raise SystemExit(1) from None
+        finally:
+            if http is not None:
+                http.close()
 
 
 # --- check-config ---------------------------------------------------------------------------------

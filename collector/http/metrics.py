@@ -1,0 +1,217 @@
+"""Serving metrics from events, in the Prometheus text format. Aggregation is pure; no I/O.
+
+Names follow the OpenTelemetry GenAI semantic conventions converted the way
+OpenTelemetry's Prometheus exporter converts them (dots to underscores, the
+unit as a suffix), with the spec's recommended bucket boundaries; labels are
+short (``model``, ``service``, ``token_type``):
+
+==============================================  =======================================================
+``gen_ai_server_time_to_first_token_seconds``    ``ttft_ms`` of each ``generation.completed``
+``gen_ai_server_time_per_output_token_seconds``  ``(duration - ttft) / (generation_tokens - 1)``
+``gen_ai_server_request_duration_seconds``       its ``duration_ms``
+``gen_ai_client_token_usage``                    ``prompt_tokens`` / ``generation_tokens`` by ``token_type``
+``mlx_requests_total``                           generations by ``finish_reason``
+``mlx_errors_total``                             error events by ``error_type``
+``mlx_requests_running`` / ``_waiting``          the latest ``runtime.status`` per engine (service, host)
+``mlx_memory_bytes`` / ``mlx_models_loaded``     idem
+``telemetry_emitter_dropped_total``              ``client.report`` drops per engine and reason
+==============================================  =======================================================
+
+Each collector observes only the entries the consumer group hands it, so
+counters and histograms of several collectors add up: ``sum without
+(instance)``. The per-engine gauges are last values: ``max without (instance)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from typing import Any, Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from emitters.events import ErrorEvent, Event, GenerationCompleted, RuntimeStatus, is_error
+
+__all__ = ["EventMetrics", "HISTOGRAMS", "CLIENT_REPORT"]
+
+CLIENT_REPORT = "client.report"
+GB = 1024**3
+
+# The OTel GenAI spec's explicit bucket boundaries (collector/otlp/metrics.py holds the same for
+# OTLP; it is not imported here because it pulls the protobuf modules into every collector).
+HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "gen_ai_server_time_to_first_token_seconds": (
+        "Time to generate first token for successful responses.",
+        (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
+    ),
+    "gen_ai_server_time_per_output_token_seconds": (
+        "Time per output token generated after the first token for successful responses.",
+        (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5),
+    ),
+    "gen_ai_server_request_duration_seconds": (
+        "Generative AI server request duration.",
+        (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92),
+    ),
+    "gen_ai_client_token_usage": (
+        "Number of input and output tokens used.",
+        tuple(float(4**power) for power in range(14)),
+    ),
+}
+_LABELS = {name: ("model", "service") for name in HISTOGRAMS}
+_LABELS["gen_ai_client_token_usage"] = ("model", "service", "token_type")
+
+_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mlx_requests": ("Generations completed, by finish reason.", ("model", "service", "finish_reason")),
+    "mlx_tokens_generated": ("Output tokens generated.", ("model", "service")),
+    "mlx_errors": ("Error events (type error or severity >= error), by error type.", ("service", "error_type")),
+    "telemetry_emitter_dropped": ("Events emitters dropped, from their client reports.", ("service", "host", "reason")),
+    "telemetry_emitter_sent": ("Events emitters shipped, from their client reports.", ("service", "host")),
+    "telemetry_emitter_reconnects": ("Emitter reconnects to Redis, from their client reports.", ("service", "host")),
+}
+_ENGINE = ("service", "host")
+_GAUGES: dict[str, str] = {
+    "mlx_requests_running": "Requests in progress (runtime.status active_tasks).",
+    "mlx_requests_waiting": "Requests queued (runtime.status waiting_tasks).",
+    "mlx_memory_bytes": "Memory in use (runtime.status memory_gb).",
+    "mlx_peak_memory_bytes": "Peak memory (runtime.status peak_memory_gb).",
+    "mlx_models_loaded": "Models loaded (runtime.status models_loaded).",
+    "telemetry_emitter_buffer_high_water": "Most events an emitter held in its buffer in its last report interval.",
+    "mlx_runtime_status_timestamp_seconds": "When the engine last reported its runtime.status.",
+}
+
+
+class _Histogram:
+    __slots__ = ("buckets", "total")
+
+    def __init__(self, size: int) -> None:
+        self.buckets = [0] * (size + 1)  # the last one is +Inf
+        self.total = 0.0
+
+
+def _field(event: Event, name: str) -> Any:
+    """A field of a typed event, else the attr of that name (the same event sent as a custom one)."""
+    value = getattr(event, name, None)
+    return event.attrs.get(name) if value is None else value
+
+
+def _dropped(event: Event) -> dict[str, int]:
+    dropped = getattr(event, "dropped", None)
+    if isinstance(dropped, dict):
+        return dropped
+    # Sent as a custom event, the dict travels flattened: attrs `dropped.<reason>`.
+    return {key[8:]: value for key, value in event.attrs.items() if key.startswith("dropped.") and isinstance(value, int)}
+
+
+class EventMetrics:
+    """Everything ``/metrics`` derives from events; :meth:`observe` is thread-safe and cheap.
+
+    Also a prometheus_client custom collector: ``collect()`` yields the families.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._histograms: dict[str, dict[tuple[str, ...], _Histogram]] = {name: {} for name in HISTOGRAMS}
+        self._counters: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in _COUNTERS}
+        self._gauges: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in _GAUGES}
+
+    # -- aggregation -----------------------------------------------------------------------------
+
+    def observe(self, events: Iterable[Event]) -> None:
+        with self._lock:
+            for event in events:
+                kind = type(event)
+                if kind is GenerationCompleted:
+                    self._generation(event)
+                elif kind is RuntimeStatus:
+                    self._runtime(event)
+                elif event.type == CLIENT_REPORT:
+                    self._client_report(event)
+                if is_error(event):
+                    error_type = event.error_type if kind is ErrorEvent else event.type
+                    self._add("mlx_errors", (event.service, error_type), 1)
+
+    def _generation(self, event: GenerationCompleted) -> None:
+        labels = (event.model, event.service)
+        duration_s = event.duration_ms / 1000.0
+        self._histogram("gen_ai_server_request_duration_seconds", labels, duration_s)
+        if event.ttft_ms is not None:
+            ttft_s = event.ttft_ms / 1000.0
+            self._histogram("gen_ai_server_time_to_first_token_seconds", labels, ttft_s)
+            if event.generation_tokens > 1:
+                per_token = max(duration_s - ttft_s, 0.0) / (event.generation_tokens - 1)
+                self._histogram("gen_ai_server_time_per_output_token_seconds", labels, per_token)
+        self._histogram("gen_ai_client_token_usage", labels + ("input",), event.prompt_tokens)
+        self._histogram("gen_ai_client_token_usage", labels + ("output",), event.generation_tokens)
+        self._add("mlx_requests", labels + (event.finish_reason or "unknown",), 1)
+        self._add("mlx_tokens_generated", labels, event.generation_tokens)
+
+    def _runtime(self, event: RuntimeStatus) -> None:
+        engine = (event.service, event.host)
+        gauges = self._gauges
+        gauges["mlx_models_loaded"][engine] = event.models_loaded
+        gauges["mlx_runtime_status_timestamp_seconds"][engine] = event.ts / 1e9
+        for name, value, scale in (
+            ("mlx_requests_running", event.active_tasks, 1),
+            ("mlx_requests_waiting", _field(event, "waiting_tasks"), 1),
+            ("mlx_memory_bytes", event.memory_gb, GB),
+            ("mlx_peak_memory_bytes", event.peak_memory_gb, GB),
+        ):
+            if isinstance(value, (int, float)):
+                gauges[name][engine] = value * scale
+
+    def _client_report(self, event: Event) -> None:
+        engine = (event.service, event.host)
+        for reason, count in _dropped(event).items():
+            self._add("telemetry_emitter_dropped", engine + (reason,), count)
+        for name, field in (("telemetry_emitter_sent", "sent"), ("telemetry_emitter_reconnects", "reconnects")):
+            value = _field(event, field)
+            if isinstance(value, int):
+                self._add(name, engine, value)
+        high_water = _field(event, "buffer_high_water")
+        if isinstance(high_water, int):
+            self._gauges["telemetry_emitter_buffer_high_water"][engine] = high_water
+
+    def _histogram(self, name: str, labels: tuple[str, ...], value: float) -> None:
+        series = self._histograms[name]
+        state = series.get(labels)
+        bounds = HISTOGRAMS[name][1]
+        if state is None:
+            state = series[labels] = _Histogram(len(bounds))
+        # Prometheus buckets are `le` (upper bound included): bisect_left finds that bucket.
+        state.buckets[bisect_left(bounds, value)] += 1
+        state.total += value
+
+    def _add(self, name: str, labels: tuple[str, ...], amount: float) -> None:
+        series = self._counters[name]
+        series[labels] = series.get(labels, 0) + amount
+
+    # -- exposition ------------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            histograms = {name: {k: (list(v.buckets), v.total) for k, v in s.items()} for name, s in self._histograms.items()}
+            counters = {name: dict(series) for name, series in self._counters.items()}
+            gauges = {name: dict(series) for name, series in self._gauges.items()}
+        for name, (help_text, bounds) in HISTOGRAMS.items():
+            family = HistogramMetricFamily(name, help_text, labels=_LABELS[name])
+            for labels, (buckets, total) in sorted(histograms[name].items()):
+                cumulative, running = [], 0
+                for bound, count in zip((*bounds, float("inf")), buckets):
+                    running += count
+                    cumulative.append((floatToGoString(bound), running))
+                family.add_metric(list(labels), cumulative, total)
+            yield family
+        for name, (help_text, label_names) in _COUNTERS.items():
+            counter = CounterMetricFamily(name, help_text, labels=label_names)
+            for labels, value in sorted(counters[name].items()):
+                counter.add_metric(list(labels), value)
+            yield counter
+        for name, help_text in _GAUGES.items():
+            gauge = GaugeMetricFamily(name, help_text, labels=_ENGINE)
+            for labels, value in sorted(gauges[name].items()):
+                gauge.add_metric(list(labels), value)
+            yield gauge
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # registering must not run a collect()
