@@ -52,17 +52,25 @@ class StreamFeed:
         self.target = target
         self.metrics = metrics
         self.stop = stop
+        self.following = threading.Event()
         self.thread = threading.Thread(target=self._run, name="telemetry-ui-feed", daemon=True)
 
-    def start(self) -> "StreamFeed":
+    def start(self, timeout: float = 5.0) -> "StreamFeed":
+        """Start following; returns once the newest entry is known (or Redis failed to say in time)."""
         self.thread.start()
+        self.following.wait(timeout)
         return self
 
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                for rows in follow(self.target, False, self.stop):
-                    self.metrics.observe(row.event for row in rows)
+                follower = Follower(self.target, False)
+                self.following.set()
+                try:
+                    while not self.stop.is_set():
+                        self.metrics.observe(row.event for row in follower.read(BLOCK_MS, []))
+                finally:
+                    follower.close()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # Entries added while Redis was away from us are not observed: metrics
                 # restart from the newest entry, as after a restart of `ui`.

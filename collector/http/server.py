@@ -34,7 +34,7 @@ from collector.http import views
 from collector.http.figures import PAUSED_STATUSES, Daemon, PipelineFigures
 from collector.http.live import follow, matching
 from collector.http.metrics import EventMetrics
-from collector.tools.common import EventFilter, Target, event_json
+from collector.tools.common import EventFilter, Target
 
 __all__ = ["LiveView", "HttpServer", "TOKEN_COOKIE"]
 
@@ -228,7 +228,7 @@ def _tail(handler: _Handler, query: Mapping[str, str]) -> None:
     last_write = time.monotonic()
     for rows in follow(view.target, query.get("live") == "1", view.stop):
         for row in matching(rows, event_filter):
-            write(b"data: " + _json.encode(event_json(row)) + b"\n\n")
+            write(b"data: " + _json.encode(views.wire_event(row)) + b"\n\n")
             last_write = time.monotonic()
         if time.monotonic() - last_write >= SSE_KEEPALIVE_S:  # a comment: a gone client fails the write
             write(b": keepalive\n\n")
@@ -268,7 +268,7 @@ class HttpServer(ThreadingHTTPServer):
 
     def start(self) -> "HttpServer":
         self._thread.start()
-        log.info("http_server_started", url=f"http://{self.server_address[0]}:{self.port}/", token=self.token is not None)
+        log.info("http_server_started", url=f"http://{self.server_address[0]}:{self.port}/", auth="bearer" if self.token is not None else "none")
         return self
 
     def close(self) -> None:

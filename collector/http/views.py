@@ -12,16 +12,16 @@ from typing import Any, Iterable, Optional
 import redis
 
 from collector.alerts.state import AlertState
-from collector.http.figures import CollectorFigures
 from collector.durations import Duration
-from collector.tools.common import StoredEvent, iso_time, read_stream, stream_events
+from collector.http.figures import CollectorFigures
+from collector.tools.common import StoredEvent, event_json, iso_time, read_stream, stream_events
 from collector.tools.errors import group_errors
 from collector.tools.health import Snapshot
 from collector.tools.timeline import build_timeline, timeline_json
 from emitters.events import ErrorEvent, GenerationCompleted, ModelLoaded, ModelUnloaded, RuntimeStatus
 from emitters.streams import StreamNames
 
-__all__ = ["overview", "error_groups", "alerts", "timeline", "WINDOW_S", "BUCKET_S"]
+__all__ = ["overview", "error_groups", "alerts", "timeline", "wire_event", "WINDOW_S", "BUCKET_S"]
 
 WINDOW_S = 3600  # the charts' span
 BUCKET_S = 60  # one point per minute
@@ -215,5 +215,13 @@ def alerts(client: redis.Redis, names: StreamNames) -> dict[str, Any]:
 def timeline(client: redis.Redis, names: StreamNames, wanted: str) -> dict[str, Any]:
     """The ``timeline`` tool's JSON for a request, trace or job id, over what the streams keep."""
     found = build_timeline(stream_events(client, names), wanted, "any", TIMELINE_GAP_NS)
-    return timeline_json(wanted, found, Duration(TIMELINE_GAP_NS / 1e9))
+    data = timeline_json(wanted, found, Duration(TIMELINE_GAP_NS / 1e9))
+    for step, shown in zip(found.steps, data["events"]):  # type: ignore[call-overload]
+        shown["severity"] = step.row.event.severity  # the wire form leaves a default out
+    return data
+
+
+def wire_event(row: StoredEvent) -> dict[str, Any]:
+    """An event as the tools print it with ``--json``, severity always present."""
+    return {**event_json(row), "severity": row.event.severity}
 

@@ -40,6 +40,10 @@ function lineChart(element, series, options) {
       path += `${pen ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
       pen = true;
     });
+    s.values.forEach((v, i) => {  // a point with no neighbour draws no line: mark it
+      if (v !== null && (s.values[i - 1] ?? null) === null && (s.values[i + 1] ?? null) === null)
+        add("circle", {cx: x(i), cy: y(v), r: 2.5, fill: COLORS[index % COLORS.length]});
+    });
     if (path) add("path", {d: path, fill: "none", stroke: COLORS[index % COLORS.length], "stroke-width": 1.6,
                            "stroke-dasharray": s.dashed ? "4 3" : "none"});
   });
