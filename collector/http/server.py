@@ -58,8 +58,10 @@ class LiveView:
         self.client = target.connect("http", timeout=PROBE_TIMEOUT_S)
         self.figures = PipelineFigures(target, self.client, maxlens, daemon)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(metrics)
+        # Counters first: the daemon acks only after the metrics sink took a batch, so event
+        # metrics read afterwards cover at least every entry the scrape counts as acked.
         self.registry.register(self.figures)
+        self.registry.register(metrics)
         self.stop = threading.Event()
 
     def not_ready(self) -> Optional[str]:
