@@ -9,7 +9,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.embedded import RedisProcess
+from collector.embedded import RedisProcess, free_port
 from emitters import Emitter
 from tests.support.live_view import LiveProcess, wait_for
 
@@ -184,3 +184,22 @@ def test_a_token_guards_everything_but_the_probes(redis_url: str, processes: lis
     assert ui.get("/healthz")[0] == 200
     assert ui.get("/readyz")[0] == 200
 
+
+
+def test_readyz_fails_while_a_sink_holds_the_pipeline(redis_url: str, tmp_path: Path, processes: list[LiveProcess]) -> None:
+    """An OTLP backend that is down pauses delivery (backpressure): not ready, though Redis answers."""
+    backend = f"http://127.0.0.1:{free_port()}"
+    live = LiveProcess.collector(redis_url, tmp_path, "--otlp-endpoint", backend, "--otlp-protocol", "http", "--otlp-timeout", "1s", "--shutdown-timeout", "1s")
+    processes.append(live)
+    assert live.get("/readyz")[0] == 200
+    with Emitter("engine-a", redis_url, strict=True) as emitter:
+        emitter.event("job.created", job_id="job-1")
+    status, body = wait_for(lambda: r if (r := live.get("/readyz"))[0] == 503 else None, timeout=20, what="/readyz to fail")
+    assert body == "sinks paused: collector status backpressure\n"
+    samples = scrape(live)
+    assert value(samples, "telemetry_collector_status", consumer=_consumer(samples), status="backpressure") == 1
+    assert family_total(samples, "telemetry_collector_sink_failures_total") >= 1
+
+
+def _consumer(samples: Samples) -> str:
+    return next(dict(labels)["consumer"] for (name, labels) in samples if name == "telemetry_collector_status")
