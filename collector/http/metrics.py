@@ -31,11 +31,13 @@ from typing import Any, Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from emitters.events import ErrorEvent, Event, GenerationCompleted, RuntimeStatus, is_error
+from emitters.events import SEVERITY_RANK, ErrorEvent, Event, GenerationCompleted, RuntimeStatus
 
 __all__ = ["EventMetrics", "HISTOGRAMS", "CLIENT_REPORT"]
 
 CLIENT_REPORT = "client.report"
+# What goes to the error stream besides `error` events (emitters.events.is_error).
+_ERROR_SEVERITIES = frozenset(name for name, rank in SEVERITY_RANK.items() if rank >= SEVERITY_RANK["error"])
 GB = 1024**3
 
 # The OTel GenAI spec's explicit bucket boundaries (collector/otlp/metrics.py holds the same for
@@ -58,12 +60,14 @@ HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
         tuple(float(4**power) for power in range(14)),
     ),
 }
-_LABELS = {name: ("model", "service") for name in HISTOGRAMS}
-_LABELS["gen_ai_client_token_usage"] = ("model", "service", "token_type")
+_TTFT_BOUNDS = HISTOGRAMS["gen_ai_server_time_to_first_token_seconds"][1]
+_TPOT_BOUNDS = HISTOGRAMS["gen_ai_server_time_per_output_token_seconds"][1]
+_DURATION_BOUNDS = HISTOGRAMS["gen_ai_server_request_duration_seconds"][1]
+_TOKEN_BOUNDS = HISTOGRAMS["gen_ai_client_token_usage"][1]
 
+_REQUESTS_HELP = "Generations completed, by finish reason."
+_TOKENS_HELP = "Output tokens generated."
 _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "mlx_requests": ("Generations completed, by finish reason.", ("model", "service", "finish_reason")),
-    "mlx_tokens_generated": ("Output tokens generated.", ("model", "service")),
     "mlx_errors": ("Error events (type error or severity >= error), by error type.", ("service", "error_type")),
     "telemetry_emitter_dropped": ("Events emitters dropped, from their client reports.", ("service", "host", "reason")),
     "telemetry_emitter_sent": ("Events emitters shipped, from their client reports.", ("service", "host")),
@@ -88,6 +92,50 @@ class _Histogram:
         self.buckets = [0] * (size + 1)  # the last one is +Inf
         self.total = 0.0
 
+    def cumulative(self, bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
+        pairs, running = [], 0
+        for bound, count in zip((*bounds, float("inf")), self.buckets):
+            running += count
+            pairs.append((floatToGoString(bound), running))
+        return pairs, self.total
+
+
+class _ModelSeries:
+    """Every series of one (model, service): updated inline, the hot path of the metrics stage."""
+
+    __slots__ = ("ttft", "tpot", "duration", "tokens_in", "tokens_out", "finish", "generated")
+
+    def __init__(self) -> None:
+        self.ttft = _Histogram(len(_TTFT_BOUNDS))
+        self.tpot = _Histogram(len(_TPOT_BOUNDS))
+        self.duration = _Histogram(len(_DURATION_BOUNDS))
+        self.tokens_in = _Histogram(len(_TOKEN_BOUNDS))
+        self.tokens_out = _Histogram(len(_TOKEN_BOUNDS))
+        self.finish: dict[str, int] = {}
+        self.generated = 0
+
+    def observe(self, event: GenerationCompleted) -> None:
+        # Prometheus buckets are `le` (upper bound included): bisect_left finds that bucket.
+        duration_s = event.duration_ms / 1000.0
+        self.duration.buckets[bisect_left(_DURATION_BOUNDS, duration_s)] += 1
+        self.duration.total += duration_s
+        tokens = event.generation_tokens
+        if event.ttft_ms is not None:
+            ttft_s = event.ttft_ms / 1000.0
+            self.ttft.buckets[bisect_left(_TTFT_BOUNDS, ttft_s)] += 1
+            self.ttft.total += ttft_s
+            if tokens > 1:
+                per_token = max(duration_s - ttft_s, 0.0) / (tokens - 1)
+                self.tpot.buckets[bisect_left(_TPOT_BOUNDS, per_token)] += 1
+                self.tpot.total += per_token
+        self.tokens_in.buckets[bisect_left(_TOKEN_BOUNDS, event.prompt_tokens)] += 1
+        self.tokens_in.total += event.prompt_tokens
+        self.tokens_out.buckets[bisect_left(_TOKEN_BOUNDS, tokens)] += 1
+        self.tokens_out.total += tokens
+        reason = event.finish_reason or "unknown"
+        self.finish[reason] = self.finish.get(reason, 0) + 1
+        self.generated += tokens
+
 
 def _field(event: Event, name: str) -> Any:
     """A field of a typed event, else the attr of that name (the same event sent as a custom one)."""
@@ -111,7 +159,7 @@ class EventMetrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._histograms: dict[str, dict[tuple[str, ...], _Histogram]] = {name: {} for name in HISTOGRAMS}
+        self._models: dict[tuple[str, str], _ModelSeries] = {}
         self._counters: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in _COUNTERS}
         self._gauges: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in _GAUGES}
 
@@ -119,32 +167,22 @@ class EventMetrics:
 
     def observe(self, events: Iterable[Event]) -> None:
         with self._lock:
+            models = self._models
             for event in events:
                 kind = type(event)
                 if kind is GenerationCompleted:
-                    self._generation(event)
+                    key = (event.model, event.service)
+                    series = models.get(key)
+                    if series is None:
+                        series = models[key] = _ModelSeries()
+                    series.observe(event)
                 elif kind is RuntimeStatus:
                     self._runtime(event)
                 elif event.type == CLIENT_REPORT:
                     self._client_report(event)
-                if is_error(event):
+                if kind is ErrorEvent or event.severity in _ERROR_SEVERITIES:
                     error_type = event.error_type if kind is ErrorEvent else event.type
                     self._add("mlx_errors", (event.service, error_type), 1)
-
-    def _generation(self, event: GenerationCompleted) -> None:
-        labels = (event.model, event.service)
-        duration_s = event.duration_ms / 1000.0
-        self._histogram("gen_ai_server_request_duration_seconds", labels, duration_s)
-        if event.ttft_ms is not None:
-            ttft_s = event.ttft_ms / 1000.0
-            self._histogram("gen_ai_server_time_to_first_token_seconds", labels, ttft_s)
-            if event.generation_tokens > 1:
-                per_token = max(duration_s - ttft_s, 0.0) / (event.generation_tokens - 1)
-                self._histogram("gen_ai_server_time_per_output_token_seconds", labels, per_token)
-        self._histogram("gen_ai_client_token_usage", labels + ("input",), event.prompt_tokens)
-        self._histogram("gen_ai_client_token_usage", labels + ("output",), event.generation_tokens)
-        self._add("mlx_requests", labels + (event.finish_reason or "unknown",), 1)
-        self._add("mlx_tokens_generated", labels, event.generation_tokens)
 
     def _runtime(self, event: RuntimeStatus) -> None:
         engine = (event.service, event.host)
@@ -172,16 +210,6 @@ class EventMetrics:
         if isinstance(high_water, int):
             self._gauges["telemetry_emitter_buffer_high_water"][engine] = high_water
 
-    def _histogram(self, name: str, labels: tuple[str, ...], value: float) -> None:
-        series = self._histograms[name]
-        state = series.get(labels)
-        bounds = HISTOGRAMS[name][1]
-        if state is None:
-            state = series[labels] = _Histogram(len(bounds))
-        # Prometheus buckets are `le` (upper bound included): bisect_left finds that bucket.
-        state.buckets[bisect_left(bounds, value)] += 1
-        state.total += value
-
     def _add(self, name: str, labels: tuple[str, ...], amount: float) -> None:
         series = self._counters[name]
         series[labels] = series.get(labels, 0) + amount
@@ -190,18 +218,21 @@ class EventMetrics:
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            histograms = {name: {k: (list(v.buckets), v.total) for k, v in s.items()} for name, s in self._histograms.items()}
+            models = {
+                key: (
+                    series.ttft.cumulative(_TTFT_BOUNDS),
+                    series.tpot.cumulative(_TPOT_BOUNDS),
+                    series.duration.cumulative(_DURATION_BOUNDS),
+                    series.tokens_in.cumulative(_TOKEN_BOUNDS),
+                    series.tokens_out.cumulative(_TOKEN_BOUNDS),
+                    dict(series.finish),
+                    series.generated,
+                )
+                for key, series in self._models.items()
+            }
             counters = {name: dict(series) for name, series in self._counters.items()}
             gauges = {name: dict(series) for name, series in self._gauges.items()}
-        for name, (help_text, bounds) in HISTOGRAMS.items():
-            family = HistogramMetricFamily(name, help_text, labels=_LABELS[name])
-            for labels, (buckets, total) in sorted(histograms[name].items()):
-                cumulative, running = [], 0
-                for bound, count in zip((*bounds, float("inf")), buckets):
-                    running += count
-                    cumulative.append((floatToGoString(bound), running))
-                family.add_metric(list(labels), cumulative, total)
-            yield family
+        yield from _model_families(models)
         for name, (help_text, label_names) in _COUNTERS.items():
             counter = CounterMetricFamily(name, help_text, labels=label_names)
             for labels, value in sorted(counters[name].items()):
@@ -215,3 +246,26 @@ class EventMetrics:
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # registering must not run a collect()
+
+
+_Snapshot = tuple[Any, ...]
+
+
+def _model_families(models: dict[tuple[str, str], _Snapshot]) -> Iterator[Metric]:
+    names = list(HISTOGRAMS)  # ttft, tpot, duration, token usage: the order of the snapshot
+    for index, name in enumerate(names[:3]):
+        family = HistogramMetricFamily(name, HISTOGRAMS[name][0], labels=["model", "service"])
+        for labels, snapshot in sorted(models.items()):
+            if snapshot[index][0][-1][1]:  # no observation: no series (a model without TTFT)
+                family.add_metric(list(labels), *snapshot[index])
+        yield family
+    usage = HistogramMetricFamily(names[3], HISTOGRAMS[names[3]][0], labels=["model", "service", "token_type"])
+    requests = CounterMetricFamily("mlx_requests", _REQUESTS_HELP, labels=["model", "service", "finish_reason"])
+    generated = CounterMetricFamily("mlx_tokens_generated", _TOKENS_HELP, labels=["model", "service"])
+    for (model, service), snapshot in sorted(models.items()):
+        usage.add_metric([model, service, "input"], *snapshot[3])
+        usage.add_metric([model, service, "output"], *snapshot[4])
+        for reason, count in sorted(snapshot[5].items()):
+            requests.add_metric([model, service, reason], count)
+        generated.add_metric([model, service], snapshot[6])
+    yield from (usage, requests, generated)
