@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collector.embedded import RedisProcess, free_port
 from emitters import Emitter
-from tests.support.live_view import LiveProcess, wait_for
+from tests.support.live_view import LiveProcess, add_client_report, wait_for
 
 EVENTS_SENT = 11
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -28,10 +28,13 @@ def send_known_traffic(redis_url: str) -> None:
             a.error(ValueError("bad input 7"))
         b.error(KeyError("missing"))
         b.event("job.failed", severity="error", job_id="job-1")
-        a.runtime_status("busy", 1, active_tasks=2, memory_gb=1.5, waiting_tasks=3)
-        # A client report as an engine sends it (the dict travels flattened as `dropped.<reason>` attrs).
-        a.event("client.report", **{"dropped.buffer_full": 3, "dropped.redis_unavailable": 2, "sent": 100, "reconnects": 1, "buffer_high_water": 7})
-        a.event("client.report", **{"dropped.buffer_full": 1, "sent": 50, "reconnects": 0, "buffer_high_water": 4})
+        a.runtime_status("busy", 1, active_tasks=2, memory_gb=1.5, requests_waiting=3)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        add_client_report(client, "engine-a", dropped={"buffer_full": 3, "redis_unavailable": 2}, sent=100, reconnects=1, high_water=7)
+        add_client_report(client, "engine-a", dropped={"buffer_full": 1}, sent=50, reconnects=0, high_water=4)
+    finally:
+        client.close()
 
 
 def scrape(process: LiveProcess) -> Samples:
@@ -107,6 +110,7 @@ def check_known_metrics(samples: Samples) -> None:
     assert value(samples, "telemetry_emitter_dropped_total", reason="redis_unavailable", **engine) == 2
     assert value(samples, "telemetry_emitter_sent_total", **engine) == 150
     assert value(samples, "telemetry_emitter_reconnects_total", **engine) == 1
+    assert value(samples, "telemetry_emitter_buffer_high_water", **engine) == 4
 
 
 def _host(samples: Samples) -> str:

@@ -75,8 +75,8 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 _ENGINE = ("service", "host")
 _GAUGES: dict[str, str] = {
-    "mlx_requests_running": "Requests in progress (runtime.status active_tasks).",
-    "mlx_requests_waiting": "Requests queued (runtime.status waiting_tasks).",
+    "mlx_requests_running": "Requests in progress (runtime.status requests_running, else active_tasks).",
+    "mlx_requests_waiting": "Requests queued (runtime.status requests_waiting).",
     "mlx_memory_bytes": "Memory in use (runtime.status memory_gb).",
     "mlx_peak_memory_bytes": "Peak memory (runtime.status peak_memory_gb).",
     "mlx_models_loaded": "Models loaded (runtime.status models_loaded).",
@@ -190,8 +190,8 @@ class EventMetrics:
         gauges["mlx_models_loaded"][engine] = event.models_loaded
         gauges["mlx_runtime_status_timestamp_seconds"][engine] = event.ts / 1e9
         for name, value, scale in (
-            ("mlx_requests_running", event.active_tasks, 1),
-            ("mlx_requests_waiting", _field(event, "waiting_tasks"), 1),
+            ("mlx_requests_running", _field(event, "requests_running") or event.active_tasks, 1),
+            ("mlx_requests_waiting", _field(event, "requests_waiting"), 1),
             ("mlx_memory_bytes", event.memory_gb, GB),
             ("mlx_peak_memory_bytes", event.peak_memory_gb, GB),
         ):

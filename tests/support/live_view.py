@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
+import msgspec
+import redis
+
 from collector.embedded import free_port
+from emitters.streams import PAYLOAD_FIELD, stream_names
 
 T = TypeVar("T")
 
@@ -84,3 +91,20 @@ def wait_for(
             pause.wait(0.1)
     finally:
         deadline.cancel()
+
+
+def add_client_report(client: redis.Redis, service: str, *, dropped: dict[str, int], sent: int, reconnects: int, high_water: int) -> None:
+    """A ``client.report`` entry as an emitter writes it (only emitters send these, so it goes in raw).
+
+    The counts travel both as the typed event's fields and flattened in ``attrs``
+    (``dropped.<reason>``), the form a collector without the typed event reads.
+    """
+    counts = {"sent": sent, "reconnects": reconnects, "buffer_high_water": high_water}
+    payload = {
+        "v": 1, "id": secrets.token_hex(16), "ts": time.time_ns(), "type": "client.report", "service": service,
+        "host": socket.gethostname()[:255] or "unknown", "pid": os.getpid(), "severity": "info",
+        "trace_id": secrets.token_hex(16), "span_id": secrets.token_hex(8),
+        "dropped": dropped, "dropped_total": sum(dropped.values()), "interval_s": 10.0, **counts,
+        "attrs": {**{f"dropped.{reason}": count for reason, count in dropped.items()}, **counts},
+    }  # fmt: skip
+    client.xadd(stream_names().events, {PAYLOAD_FIELD: msgspec.msgpack.encode(payload)})
