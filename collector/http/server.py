@@ -228,14 +228,18 @@ def _tail(handler: _Handler, query: Mapping[str, str]) -> None:
     handler.wfile.flush()
     view = handler.server.view
     last_write = time.monotonic()
-    for rows in follow(view.target, query.get("live") == "1", view.stop):
-        for row in matching(rows, event_filter):
-            write(b"data: " + _json.encode(views.wire_event(row)) + b"\n\n")
-            last_write = time.monotonic()
-        if time.monotonic() - last_write >= SSE_KEEPALIVE_S:  # a comment: a gone client fails the write
-            write(b": keepalive\n\n")
-            last_write = time.monotonic()
-        handler.wfile.flush()
+    try:
+        for rows in follow(view.target, query.get("live") == "1", view.stop):
+            for row in matching(rows, event_filter):
+                write(b"data: " + _json.encode(views.wire_event(row)) + b"\n\n")
+                last_write = time.monotonic()
+            if time.monotonic() - last_write >= SSE_KEEPALIVE_S:  # a comment: a gone client fails the write
+                write(b": keepalive\n\n")
+                last_write = time.monotonic()
+            handler.wfile.flush()
+    except (redis.ConnectionError, redis.TimeoutError):
+        # The headers are out: end the stream; the browser reconnects after `retry`.
+        write(b": redis unreachable\n\n")
 
 
 Route = Callable[[_Handler, Mapping[str, str]], None]
