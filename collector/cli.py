@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "dlq": "collector.tools.dlq:dlq",
     "alerts": "collector.alerts.cli:alerts",
     "bench": "collector.bench.cli:bench",
+    "ui": "collector.http.ui:ui",
 }
 
 

@@ -27,6 +27,8 @@ from msgspec import Meta
 from collector import durations
 from collector.alerts.config import AlertsConfig
 from collector.durations import Duration
+from collector.http import config as http_config
+from collector.http.config import HttpConfig
 from collector.logsetup import redact_secrets
 from collector.alerts import config as alerts_config
 from collector.otlp import config as otlp_config
@@ -153,6 +155,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     otlp: OtlpConfig = msgspec.field(default_factory=OtlpConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
 
 
 # --- command-line / environment bindings ---------------------------------------------------
@@ -246,7 +249,7 @@ CLI_SETTINGS: tuple[CliSetting, ...] = (
 )
 
 # Sections owned by other modules may publish `CLI_OPTIONS`: (flag, field, help[, env]) tuples.
-_SECTION_MODULES: tuple[tuple[str, Any], ...] = (("otlp", otlp_config), ("alerts", alerts_config))
+_SECTION_MODULES: tuple[tuple[str, Any], ...] = (("otlp", otlp_config), ("alerts", alerts_config), ("http", http_config))
 
 
 def cli_settings() -> tuple[CliSetting, ...]:

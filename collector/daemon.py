@@ -122,6 +122,7 @@ class Counters:
     reconnects: int = 0
     client_dropped: int = 0  # drops engines reported in client.report events (collector.clientreports)
     refusals: int = 0  # writes Redis refused (OOM, READONLY, ...), each retried later
+    sink_failures: int = 0  # writes a sink refused for now (unavailable or credentials); retried
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -631,6 +632,7 @@ class Collector:
                     break
                 else:
                     break
+                self.counters.sink_failures += 1
                 self._pause(delay)
             batch.accepted.add(index)
         batch.dead.extend(self._rejected_letter(record, reasons) for record, reasons in batch.rejections.values())

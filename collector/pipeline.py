@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import redis
 import structlog
@@ -11,6 +11,7 @@ from collector.alerts.stage import build_alert_stage
 from collector.alerts.state import AlertState
 from collector.config import Config
 from collector.daemon import Collector, build_sinks
+from collector.sinks import Sink
 from emitters.streams import stream_names
 
 __all__ = ["build_collector", "leave_group"]
@@ -18,14 +19,16 @@ __all__ = ["build_collector", "leave_group"]
 log = structlog.get_logger("collector.pipeline")
 
 
-def build_collector(config: Config, **options: Any) -> Collector:
+def build_collector(config: Config, extra_sinks: Sequence[Sink] = (), **options: Any) -> Collector:
     """A collector for ``config`` with every sink and stage the config turns on.
+
+    ``extra_sinks`` join the configured ones (the HTTP server's metrics stage).
 
     ``options`` go to :class:`Collector` (``notifier``, ``client``). Raises
     ValueError naming the setting when one is only checkable now (OTEL_*
     variables, webhook secrets); nothing is left open then.
     """
-    sinks = build_sinks(config)
+    sinks = [*build_sinks(config), *extra_sinks]
     try:
         alerts = build_alert_stage(config)
     except ValueError:
@@ -33,7 +36,6 @@ def build_collector(config: Config, **options: Any) -> Collector:
             sink.close()
         raise
     return Collector(config, sinks=sinks, alert_engine=alerts, **options)
-
 
 
 def leave_group(client: redis.Redis, config: Config) -> None:

@@ -22,6 +22,7 @@ from collector import durations
 from collector.config import CliSetting, Config, ConfigError, cli_settings, load_config, redacted
 from collector.durations import Duration, DurationParam
 from collector.embedded import RedisNotFound, RedisProcess, free_port, port_is_free
+from collector.http.embed import CollectorHttp
 from collector.logsetup import configure_logging
 from collector.otlp.config import cli_options as otlp_cli_options
 from collector.pipeline import build_collector
@@ -185,7 +186,8 @@ def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
     configure_logging(config.log.format, config.log.level)
     with _redis_for(config) as (config, embedded):
         try:
-            collector = build_collector(config)
+            http = CollectorHttp(config) if config.http.port else None
+            collector = build_collector(config, extra_sinks=[http.sink] if http is not None else [])
         except ValueError as exc:  # settings only checkable now: OTEL_* variables, webhook secrets
             click.echo(f"Error: invalid config: {exc}", err=True)
             raise click.exceptions.Exit(2) from None
@@ -195,12 +197,17 @@ def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
             deadline=collector.settings.shutdown_timeout + HARD_STOP_GRACE,
             before_exit=None if embedded is None else functools.partial(_terminate, embedded),
         )
+        if http is not None:
+            http.start(collector)
         with signals:
             try:
                 collector.run()
             except Exception:
                 log.exception("collector_failed")
                 raise SystemExit(1) from None
+            finally:
+                if http is not None:
+                    http.close()
 
 
 # --- check-config ---------------------------------------------------------------------------------

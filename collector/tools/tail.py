@@ -37,7 +37,7 @@ from collector.tools.common import (
 from emitters.events import DecodeError
 from emitters.streams import StreamNames, decode_live
 
-__all__ = ["tail", "entry_order"]
+__all__ = ["tail", "entry_order", "Follower"]
 
 # XREAD blocks this long at most; with --live the pub/sub channel is drained in between.
 BLOCK_MS = 1000
@@ -52,7 +52,7 @@ def entry_order(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-class _Follower:
+class Follower:
     """The Redis side of a tail: start ids, reads, the pub/sub subscription, reconnects."""
 
     def __init__(self, target: Target, live: bool) -> None:
@@ -156,7 +156,7 @@ def tail(target: Target, event_filter: EventFilter, live: bool, count: Optional[
       telemetry-collector tail --live --request req-8f2c --json | jq .
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    follower = _Follower(target, live)
+    follower = Follower(target, live)
     with _stop_on_sigterm() as stop:
         try:
             _follow(follower, target, event_filter, count=count, deadline=deadline, stop=stop)
@@ -167,7 +167,7 @@ def tail(target: Target, event_filter: EventFilter, live: bool, count: Optional[
 
 
 def _follow(
-    follower: _Follower,
+    follower: Follower,
     target: Target,
     event_filter: EventFilter,
     *,

@@ -32,7 +32,7 @@ from collector.tools.common import (
 )
 from emitters.events import Event, is_error
 
-__all__ = ["timeline", "IdKind", "matched_by", "Step", "Timeline", "build_timeline"]
+__all__ = ["timeline", "IdKind", "matched_by", "Step", "Timeline", "build_timeline", "timeline_json"]
 
 IdKind = Literal["any", "trace", "request", "job"]
 # A shortened trace id (as `tail` prints it) is enough, but not fewer digits than that.
@@ -113,7 +113,7 @@ def _archive_needle(wanted: str, kind: IdKind) -> Optional[str]:
     return wanted
 
 
-def _timeline_json(wanted: str, timeline: Timeline, gap: Duration) -> dict[str, object]:
+def timeline_json(wanted: str, timeline: Timeline, gap: Duration) -> dict[str, object]:
     return {
         "id": wanted,
         "matched_by": timeline.matched_by,
@@ -219,7 +219,7 @@ def timeline(
         client.close()
     stats.report()
     if target.as_json:
-        echo_json(_timeline_json(correlation_id, found, gap))
+        echo_json(timeline_json(correlation_id, found, gap))
     elif found.steps:
         _print_timeline(correlation_id, found, gap)
     if not found.steps:
