@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from collector.exitcodes import EPILOG
+
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
     "run": "collector.commands.run:run",
@@ -23,7 +25,18 @@ COMMANDS: dict[str, str] = {
     "dlq": "collector.tools.dlq:dlq",
     "alerts": "collector.alerts.cli:alerts",
     "bench": "collector.bench.cli:bench",
+    "install-systemd": "collector.commands.install_systemd:install_systemd",
 }
+
+
+def _with_exit_codes(command: click.Command) -> click.Command:
+    """Every command's --help ends with the one exit-code table (subcommands of groups too)."""
+    if not (command.epilog or "").endswith(EPILOG):
+        command.epilog = f"{command.epilog}\n\n{EPILOG}" if command.epilog else EPILOG
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _with_exit_codes(sub)
+    return command
 
 
 class LazyGroup(click.Group):
@@ -38,13 +51,17 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module_name), attribute)
         if not isinstance(command, click.Command):
             raise TypeError(f"{target} is not a click command")
-        return command
+        return _with_exit_codes(command)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlx-telemetry")
 def main() -> None:
-    """mlx-telemetry collector and operator tools."""
+    """mlx-telemetry collector and operator tools.
+
+    Shell completion (bash; zsh and fish alike):
+    eval "$(_TELEMETRY_COLLECTOR_COMPLETE=bash_source telemetry-collector)"
+    """
 
 
 if __name__ == "__main__":

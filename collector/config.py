@@ -15,6 +15,7 @@ from ``TELEMETRY_REDIS_PASSWORD[_FILE]`` (see :mod:`collector.redisconn`), and
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
@@ -49,6 +50,7 @@ __all__ = [
     "PositiveDuration",
     "cli_settings",
     "load_config",
+    "setting_origin",
     "redacted",
     "dec_hook",
 ]
@@ -274,7 +276,32 @@ def load_config(
     ``overrides`` maps dotted paths (``"collector.batch_size"``) to values, as
     the command line gives them. Raises :class:`ConfigError`.
     """
-    env = os.environ if environ is None else environ
+    data, origins = _merged(path, overrides, os.environ if environ is None else environ)
+    try:
+        # Environment values are strings: strict=False lets "500" become an int.
+        return msgspec.convert(data, Config, dec_hook=dec_hook, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(str(exc), origins)) from None
+    except OSError as exc:  # a secret file named by a variable the config refers to
+        raise ConfigError(f"invalid config: cannot read {exc.filename}: {exc.strerror or exc}") from None
+
+
+def setting_origin(
+    dotted: str,
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """Where the value of ``dotted`` came from: ``from --flag``, ``from $VAR``, ``in FILE`` or ``the default``."""
+    _, origins = _merged(path, overrides, os.environ if environ is None else environ)
+    return origins.get(dotted, "the default")
+
+
+def _merged(
+    path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None, env: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The file, the environment and the flags merged into one mapping, and where each value came from."""
     settings = cli_settings()
     data: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -290,11 +317,7 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         _assign(data, dotted, value)
         origins[dotted] = f"from {flags.get(dotted, 'the command line')}"
-    try:
-        # Environment values are strings: strict=False lets "500" become an int.
-        return msgspec.convert(data, Config, dec_hook=dec_hook, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_describe(str(exc), origins)) from None
+    return data, origins
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -328,10 +351,53 @@ def _dotted_paths(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
             yield from _dotted_paths(value, f"{dotted}.")
 
 
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`(?: - at `\$\.?([^`]*)`)?$")
+# Settings people expect in the file that deliberately live elsewhere: key -> where they go.
+_NOT_IN_THE_FILE = {
+    "redis.password": "the Redis password never goes in the config file: set $TELEMETRY_REDIS_PASSWORD, "
+    "or $TELEMETRY_REDIS_PASSWORD_FILE naming a file that holds it",
+    "redis.username": "set $TELEMETRY_REDIS_USERNAME (the ACL user; its password in $TELEMETRY_REDIS_PASSWORD[_FILE])",
+    "redis.tls_ca_file": "set $TELEMETRY_REDIS_TLS_CA_FILE",
+    "redis.ca_file": "set $TELEMETRY_REDIS_TLS_CA_FILE",
+    "redis.tls_cert_file": "set $TELEMETRY_REDIS_TLS_CERT_FILE",
+    "redis.tls_key_file": "set $TELEMETRY_REDIS_TLS_KEY_FILE",
+}
+
+
 def _describe(message: str, origins: Mapping[str, str]) -> str:
+    unknown = _UNKNOWN_FIELD.match(message)
+    if unknown:
+        return _describe_unknown(message, unknown.group(1), unknown.group(2) or "", origins)
     match = _ERROR_PATH.search(message)
     origin = origins.get(match.group(1)) if match else None
     return f"invalid config: {message}" + (f" ({origin})" if origin else "")
+
+
+def _field_names(section: str) -> list[str]:
+    """The field names of the struct at ``section`` ("" for the top level); [] when not a plain struct."""
+    kind: Any = msgspec.inspect.type_info(Config)
+    for name in filter(None, section.split(".")):
+        field = next((f for f in getattr(kind, "fields", ()) if f.name == name), None)
+        if field is None:
+            return []
+        kind = field.type
+    return [field.name for field in getattr(kind, "fields", ())]
+
+
+def _describe_unknown(message: str, name: str, section: str, origins: Mapping[str, str]) -> str:
+    dotted = f"{section}.{name}" if section else name
+    origin = origins.get(dotted)
+    text = f"invalid config: {message}" + (f" ({origin})" if origin else "")
+    if dotted in _NOT_IN_THE_FILE:
+        return f"{text}: {_NOT_IN_THE_FILE[dotted]}"
+    names = _field_names(section)
+    guess = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if not section:
+        hint = f"unknown section [{name}]" + (f", did you mean [{guess[0]}]?" if guess else "")
+        return f"{text}: {hint} Sections: {', '.join(f'[{n}]' for n in names)}"
+    if guess:
+        return f"{text}: did you mean `{guess[0]}`?"
+    return f"{text}: [{section}] takes {', '.join(names)}" if names else text
 
 
 # --- showing ---------------------------------------------------------------------------------

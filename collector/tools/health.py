@@ -16,13 +16,13 @@ import redis
 
 from collector.durations import Duration, DurationParam, format_duration
 from collector.redisconn import redact_url
+from collector.redisproblems import RedisProblem, explain
 from collector.tools.common import (
     PAGE_SIZE,
     Target,
     ToolCommand,
     echo,
     echo_json,
-    first_line,
     format_age,
     format_bytes,
     maxlen_options,
@@ -415,8 +415,8 @@ def health(
             snapshot = take_snapshot(client, target, {"events": events_maxlen, "errors": errors_maxlen})
         finally:
             client.close()
-    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-        message = f"Redis at {redact_url(target.redis_url)} unreachable: {first_line(exc)}"
+    except (redis.RedisError, RedisProblem) as exc:  # exit 2 (unreachable), never 1 (degraded)
+        message = str(exc) if isinstance(exc, RedisProblem) else explain(exc, target.setting)
         if target.as_json:
             echo_json({"status": "unreachable", "exit_code": EXIT_UNREACHABLE, "reasons": [message]})
         else:
