@@ -7,10 +7,11 @@ do not pay for OpenTelemetry or mlx imports.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
-from collector.exitcodes import EPILOG
+from collector.exitcodes import EPILOG, OneLineUsageError, one_line
 
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
@@ -40,6 +41,16 @@ def _with_exit_codes(command: click.Command) -> click.Command:
 
 
 class LazyGroup(click.Group):
+    """Imports a subcommand when it is used; every usage error of every command is one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.NoArgsIsHelpError, OneLineUsageError):
+            raise
+        except click.UsageError as exc:
+            raise one_line(exc) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -59,8 +70,9 @@ class LazyGroup(click.Group):
 def main() -> None:
     """mlx-telemetry collector and operator tools.
 
-    Shell completion (bash; zsh and fish alike):
-    eval "$(_TELEMETRY_COLLECTOR_COMPLETE=bash_source telemetry-collector)"
+    \b
+    Shell completion (bash; zsh_source and fish_source alike):
+      eval "$(_TELEMETRY_COLLECTOR_COMPLETE=bash_source telemetry-collector)"
     """
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "cli_settings",
     "load_config",
     "setting_origin",
+    "unreadable_file",
     "redacted",
     "dec_hook",
 ]
@@ -276,14 +277,22 @@ def load_config(
     ``overrides`` maps dotted paths (``"collector.batch_size"``) to values, as
     the command line gives them. Raises :class:`ConfigError`.
     """
-    data, origins = _merged(path, overrides, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    data, origins = _merged(path, overrides, env)
     try:
         # Environment values are strings: strict=False lets "500" become an int.
         return msgspec.convert(data, Config, dec_hook=dec_hook, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(str(exc), origins)) from None
     except OSError as exc:  # a secret file named by a variable the config refers to
-        raise ConfigError(f"invalid config: cannot read {exc.filename}: {exc.strerror or exc}") from None
+        raise ConfigError(unreadable_file(exc, env)) from None
+
+
+def unreadable_file(exc: OSError, environ: Mapping[str, str]) -> str:
+    """``cannot read $NAME_FILE=path: reason``, naming the variable that points at the file when one does."""
+    names = [name for name, value in environ.items() if name.endswith("_FILE") and value == exc.filename]
+    where = f"${names[0]}={exc.filename}" if names else str(exc.filename)
+    return f"invalid config: cannot read {where}: {exc.strerror or exc}: point it at a readable file, or unset it"
 
 
 def setting_origin(
@@ -325,7 +334,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path}: check the path given to --config, $TELEMETRY_CONFIG or check-config") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -370,7 +379,11 @@ def _describe(message: str, origins: Mapping[str, str]) -> str:
         return _describe_unknown(message, unknown.group(1), unknown.group(2) or "", origins)
     match = _ERROR_PATH.search(message)
     origin = origins.get(match.group(1)) if match else None
-    return f"invalid config: {message}" + (f" ({origin})" if origin else "")
+    fix = _FIXES.get(match.group(1), "") if match else ""
+    return f"invalid config: {message}" + (f" ({origin})" if origin else "") + fix
+
+
+_FIXES = {"redis.url": ": use redis://host:port/db, rediss:// for TLS or unix:///path/redis.sock, e.g. redis://localhost:6379/0"}
 
 
 def _field_names(section: str) -> list[str]:

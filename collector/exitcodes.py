@@ -14,9 +14,21 @@ every command's ``--help`` ends with :data:`EPILOG`.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import click
 
-__all__ = ["EXIT_OK", "EXIT_NOTHING", "EXIT_USAGE", "EXIT_CODES", "EPILOG", "Failure"]
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_NOTHING",
+    "EXIT_USAGE",
+    "EXIT_CODES",
+    "EPILOG",
+    "Failure",
+    "OneLineUsageError",
+    "one_line",
+]
 
 EXIT_OK = 0
 EXIT_NOTHING = 1
@@ -36,3 +48,19 @@ class Failure(click.ClickException):
     """A one-line ``Error: ...`` that exits 2: the message names the setting, its source and the fix."""
 
     exit_code = EXIT_USAGE
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error shown as one ``Error: ...`` line, without the usage banner.
+
+    Operators run these commands from scripts, probes and units; a one-line
+    message is what ends up readable in a log.
+    """
+
+
+def one_line(exc: click.UsageError, command_path: Optional[str] = None) -> OneLineUsageError:
+    path = command_path or (exc.ctx.command_path if exc.ctx is not None else "")
+    hint = f" (see '{path} --help')" if path else ""
+    error = OneLineUsageError(f"{exc.format_message().rstrip('.')}{hint}")
+    error.exit_code = exc.exit_code
+    return error

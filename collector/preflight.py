@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional
 
-from collector.config import Config, ConfigError
+from collector.config import Config, ConfigError, unreadable_file
 from collector.embedded import RedisNotFound, find_redis_server
 from collector.redisproblems import RedisProblem, UrlSetting, check_settings
 
@@ -46,7 +46,7 @@ def preflight(
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"invalid config: cannot read {exc.filename}: {exc.strerror or exc}") from None
+        raise ConfigError(unreadable_file(exc, env)) from None
     if config.jsonl.enabled:
         _check_writable_dir(Path(config.jsonl.dir), f"jsonl.dir ({jsonl_origin})")
 

@@ -31,7 +31,7 @@ import redis
 
 from collector.archive import ArchiveStats, ArchiveStem, read_archive
 from collector.durations import parse_duration
-from collector.exitcodes import Failure
+from collector.exitcodes import Failure, OneLineUsageError, one_line
 from collector.redisconn import connect
 from collector.redisproblems import RedisProblem, UrlSetting, check_settings, explain
 from emitters.events import (
@@ -96,20 +96,6 @@ _ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__) | {"type"}
 # -- one-line usage errors ---------------------------------------------------
 
 
-class _OneLineUsageError(click.UsageError):
-    """A usage error shown as one ``Error: ...`` line, without the usage banner.
-
-    Operators run these tools from scripts and probes; a one-line message is
-    what ends up readable in a log.
-    """
-
-
-def _one_line(exc: click.UsageError, command_path: str) -> _OneLineUsageError:
-    error = _OneLineUsageError(f"{exc.format_message().rstrip('.')} (see '{command_path} --help')")
-    error.exit_code = exc.exit_code
-    return error
-
-
 def _command_path(info_name: Optional[str], parent: Optional[click.Context]) -> str:
     return " ".join(part for part in ((parent.command_path if parent else ""), info_name or "") if part)
 
@@ -126,18 +112,18 @@ class _OneLineErrors:
     ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[misc]
-        except (click.exceptions.NoArgsIsHelpError, _OneLineUsageError):
+        except (click.exceptions.NoArgsIsHelpError, OneLineUsageError):
             raise
         except click.UsageError as exc:
-            raise _one_line(exc, _command_path(info_name, parent)) from None
+            raise one_line(exc, _command_path(info_name, parent)) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)  # type: ignore[misc]
-        except _OneLineUsageError:
+        except OneLineUsageError:
             raise
         except click.UsageError as exc:
-            raise _one_line(exc, ctx.command_path) from None
+            raise one_line(exc, ctx.command_path) from None
         except RedisProblem as exc:
             raise Failure(str(exc)) from None
         except redis.RedisError as exc:
