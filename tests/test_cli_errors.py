@@ -229,3 +229,69 @@ def test_health_of_a_non_redis_port_is_unreachable_not_degraded(world: World) ->
     result = run_cli(["health", "--json", "--redis-url", world.values["http"]])
     report = json.loads(result.stdout)
     assert (result.code, report["status"], report["exit_code"]) == (EXIT_USAGE, "unreachable", EXIT_USAGE)
+
+
+def _run_until_ready(args: list[str], cwd: Path) -> list[dict[str, object]]:
+    """Start `run` with JSON logs, read until the collector is ready, stop it with SIGTERM; the log lines."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from tests.support.cli_faults import clean_env
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "collector", "run", "--log-format", "json", "--no-alerts", *args],
+        env=clean_env(),
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(60, process.kill)  # a hang fails the test instead of blocking it
+    watchdog.start()
+    lines: list[dict[str, object]] = []
+    try:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            lines.append(json.loads(raw))
+            if lines[-1]["event"] == "collector_ready":
+                break
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == EXIT_OK
+    finally:
+        watchdog.cancel()
+        process.kill()
+        process.wait()
+    return lines
+
+
+def test_run_logs_the_url_emitters_should_use(world: World, tmp_path: Path) -> None:
+    """At start `run` says where emitters must send, before it is ready."""
+    lines = _run_until_ready(["--redis-url", world.values["plain"], "--jsonl-dir", str(tmp_path / "logs")], tmp_path)
+    (hint,) = [line for line in lines if line["event"] == "emitters_should_use"]
+    assert hint["redis_url"] == world.values["plain"] and "Emitter(service, redis_url)" in str(hint["note"])
+
+
+def test_second_embedded_redis_says_it_took_another_port(tmp_path: Path) -> None:
+    """Port 6379 taken (here by a plain socket): the embedded Redis moves, and `run` says so and where."""
+    import socket
+
+    from collector.embedded import port_is_free
+
+    holder = None
+    if port_is_free(6379):
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.bind(("127.0.0.1", 6379))
+        holder.listen(1)
+    try:
+        lines = _run_until_ready(["--jsonl-dir", str(tmp_path / "logs")], tmp_path)
+    finally:
+        if holder is not None:
+            holder.close()
+    (taken,) = [line for line in lines if line["event"] == "embedded_redis_port_taken"]
+    (hint,) = [line for line in lines if line["event"] == "emitters_should_use"]
+    assert taken["level"] == "warning" and taken["wanted"] == 6379 and taken["port"] != 6379
+    assert hint["redis_url"] == f"redis://127.0.0.1:{taken['port']}/0"
+    assert "does not reach it" in str(hint["note"])

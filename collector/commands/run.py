@@ -15,6 +15,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 from typing import Any, Callable, Iterator, Mapping, NoReturn, Optional
 
 import click
@@ -243,8 +244,7 @@ def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
             "emitters_should_use",
             redis_url=redact_url(config.redis.url or ""),
             stream_prefix=config.redis.stream_prefix,
-            note="Emitter(service, redis_url)"
-            + ("" if config.redis.url == EMITTER_DEFAULT_URL else f"; not the emitters' default {EMITTER_DEFAULT_URL}"),
+            note=_emitter_note(config.redis.url or ""),
         )
         try:
             sinks = build_sinks(config)
@@ -259,6 +259,14 @@ def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
         except Exception:
             log.exception("collector_failed")
             raise SystemExit(1) from None
+
+
+def _emitter_note(url: str) -> str:
+    parts, default = urlsplit(url), urlsplit(EMITTER_DEFAULT_URL)
+    local = {"localhost", "127.0.0.1", "::1"}
+    if parts.scheme == "redis" and parts.hostname in local and parts.port == default.port and parts.path in ("", "/0"):
+        return f"the emitters' default ({EMITTER_DEFAULT_URL}) reaches it"
+    return f"pass it to Emitter(service, redis_url): the emitters' default {EMITTER_DEFAULT_URL} does not reach it"
 
 
 def _check_reachable(url: UrlSetting) -> None:
