@@ -11,15 +11,22 @@ no traceback anywhere in the output, the exit status from
 from __future__ import annotations
 
 import functools
+import json
 import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import pytest
 
-from collector.embedded import RedisProcess, free_port
+from collector.embedded import RedisProcess, free_port, port_is_free
 from collector.exitcodes import EPILOG, EXIT_NOTHING, EXIT_OK, EXIT_USAGE
-from tests.support.cli_faults import NotRedis, Silent, run_cli
+from tests.support.cli_faults import NotRedis, Run, Silent, clean_env, run_cli
 from tests.tls import make_test_pki
 
 PASSWORD = "first-hour-secret"
@@ -171,12 +178,23 @@ def error_line(stdout: str, stderr: str) -> str:
     return lines[0]
 
 
+@pytest.fixture(scope="module")
+def outcomes(world: World, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every row run once, four processes at a time (most of the cost is interpreter start-up)."""
+
+    def attempt(mistake: Mistake) -> Run:
+        args = [world.fill(arg) for arg in mistake.args]
+        env = {key: world.fill(value) for key, value in mistake.env.items()}
+        return run_cli(args, env, cwd=tmp_path_factory.mktemp(mistake.id), timeout=120)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip([row.id for row in MISTAKES], pool.map(attempt, MISTAKES)))
+
+
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[row.id for row in MISTAKES])
-def test_mistake_is_one_line_naming_the_setting(world: World, mistake: Mistake, tmp_path: Path) -> None:
+def test_mistake_is_one_line_naming_the_setting(world: World, outcomes: dict[str, Run], mistake: Mistake) -> None:
     """No traceback, the table's exit code, and one line that names the setting (and its fix)."""
-    args = [world.fill(arg) for arg in mistake.args]
-    env = {key: world.fill(value) for key, value in mistake.env.items()}
-    result = run_cli(args, env, cwd=tmp_path, timeout=90)
+    result = outcomes[mistake.id]
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
     assert result.code == mistake.code, output
@@ -224,8 +242,6 @@ def test_severity_warning_is_taken_as_warn(world: World, tmp_path: Path) -> None
 
 def test_health_of_a_non_redis_port_is_unreachable_not_degraded(world: World) -> None:
     """A compose healthcheck must read 2 (unreachable) here, never 1 (degraded)."""
-    import json
-
     result = run_cli(["health", "--json", "--redis-url", world.values["http"]])
     report = json.loads(result.stdout)
     assert (result.code, report["status"], report["exit_code"]) == (EXIT_USAGE, "unreachable", EXIT_USAGE)
@@ -233,14 +249,6 @@ def test_health_of_a_non_redis_port_is_unreachable_not_degraded(world: World) ->
 
 def _run_until_ready(args: list[str], cwd: Path) -> list[dict[str, object]]:
     """Start `run` with JSON logs, read until the collector is ready, stop it with SIGTERM; the log lines."""
-    import json
-    import signal
-    import subprocess
-    import sys
-    import threading
-
-    from tests.support.cli_faults import clean_env
-
     process = subprocess.Popen(
         [sys.executable, "-m", "collector", "run", "--log-format", "json", "--no-alerts", *args],
         env=clean_env(),
@@ -276,10 +284,6 @@ def test_run_logs_the_url_emitters_should_use(world: World, tmp_path: Path) -> N
 
 def test_second_embedded_redis_says_it_took_another_port(tmp_path: Path) -> None:
     """Port 6379 taken (here by a plain socket): the embedded Redis moves, and `run` says so and where."""
-    import socket
-
-    from collector.embedded import port_is_free
-
     holder = None
     if port_is_free(6379):
         holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
