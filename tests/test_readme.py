@@ -429,3 +429,28 @@ def test_exit_code_table_matches_the_code() -> None:
     assert sorted(int(code) for code in rows) == [code for code, _ in EXIT_CODES]
     for code, meaning in EXIT_CODES:
         assert all(word in rows[str(code)] for word in re.findall(r"\w+", meaning)), (code, rows[str(code)], meaning)
+
+
+def _normalized(line: str) -> str:
+    return re.sub(r"=/\S+", "=PATH", re.sub(r"redis://[^\s)]+", "URL", line))
+
+
+def test_error_samples_are_what_the_commands_print(world: World, tmp_path: Path) -> None:
+    """The README's `Error: ...` samples, reproduced: a host:port URL, a password-protected Redis, a directory as password file."""
+    (sample_block,) = [b for b in BLOCKS if b.lang in SAMPLES and b.text.startswith("Error: ")]
+    samples = [_normalized(line) for line in sample_block.text.splitlines()]
+    protected = RedisProcess(password="readme", data_dir=tmp_path).start()
+    try:
+        cases = [
+            (["search"], {"TELEMETRY_REDIS_URL": "localhost:6379"}),
+            (["run", "--redis-url", f"redis://127.0.0.1:{protected.port}/0"], {}),
+            (["search"], {"TELEMETRY_REDIS_URL": world.redis.url, "TELEMETRY_REDIS_PASSWORD_FILE": str(tmp_path)}),
+        ]
+        real = []
+        for args, extra in cases:
+            env = {**world.env("", {}), **extra}
+            done = subprocess.run(["telemetry-collector", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            real.append(_normalized(done.stderr.strip()))
+    finally:
+        protected.close()
+    assert real == samples
