@@ -196,7 +196,12 @@ def explain(exc: BaseException, setting: UrlSetting, environ: Optional[Mapping[s
             f"reachable; "
             + ("a TLS port needs rediss://" if setting.url.startswith("redis://") else "a plain port needs redis://")
         )
-    if ("closed by server" in lower or "reset by peer" in lower) and setting.url.startswith("redis://"):
+    if "closed by server" in lower or "reset by peer" in lower or "eof" in lower:
+        if setting.url.startswith("rediss://"):
+            return (
+                f"Redis at {url} dropped the TLS connection ({text}): when it requires client certificates "
+                f"(tls-auth-clients), set ${TLS_CERT} and ${TLS_KEY}"
+            )
         return f"the server at {url} dropped the connection ({text}): a TLS port needs rediss://; otherwise check {setting.name}"
     if isinstance(exc, redis.ResponseError):
         return f"Redis at {url} refused the request ({text})"

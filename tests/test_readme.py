@@ -51,7 +51,8 @@ LONG_RUNNING = [
     r"telemetry-collector demo --duration 0\b",
 ]
 SHELL = {"bash", "sh", "shell", "console"}
-SAMPLES = {"text", ""}
+# Output samples, diagrams and formats shown as examples: not run.
+SAMPLES = {"text", "", "http", "ini", "systemd", "promql", "prometheus", "diff"}
 
 # (pattern, why): a command part matching the pattern is not run.
 SKIPS: list[tuple[str, str]] = [
@@ -63,6 +64,7 @@ SKIPS: list[tuple[str, str]] = [
     (r"<[^>]+>", "a placeholder for your own value"),
     (r"=\.\.\.(\s|$)", "a placeholder for your own secret"),
     (r"^telemetry-collector dlq list \| show", "a synopsis of the dlq subcommands"),
+    (r"^(curl|wget|open|xdg-open)\b", "talks to a server started in another terminal"),
 ]
 
 # (pattern, replacement, why), applied in order to every command part (``{x}`` from the test's world).
