@@ -15,9 +15,7 @@ from ``TELEMETRY_REDIS_PASSWORD[_FILE]`` (see :mod:`collector.redisconn`), and
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Mapping, NamedTuple, Optional
@@ -30,6 +28,7 @@ from collector.alerts.config import AlertsConfig
 from collector.durations import Duration
 from collector.logsetup import redact_secrets
 from collector.alerts import config as alerts_config
+from collector.configerrors import describe, unreadable_file
 from collector.otlp import config as otlp_config
 from collector.otlp.config import OtlpConfig
 from collector.redisconn import redact_url
@@ -51,7 +50,6 @@ __all__ = [
     "cli_settings",
     "load_config",
     "setting_origin",
-    "unreadable_file",
     "redacted",
     "dec_hook",
 ]
@@ -263,9 +261,6 @@ def cli_settings() -> tuple[CliSetting, ...]:
 
 # --- loading ---------------------------------------------------------------------------------
 
-_ERROR_PATH = re.compile(r" - at `\$\.([^`]+)`$")
-
-
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -283,16 +278,9 @@ def load_config(
         # Environment values are strings: strict=False lets "500" become an int.
         return msgspec.convert(data, Config, dec_hook=dec_hook, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_describe(str(exc), origins)) from None
+        raise ConfigError(describe(str(exc), origins, Config)) from None
     except OSError as exc:  # a secret file named by a variable the config refers to
         raise ConfigError(unreadable_file(exc, env)) from None
-
-
-def unreadable_file(exc: OSError, environ: Mapping[str, str]) -> str:
-    """``cannot read $NAME_FILE=path: reason``, naming the variable that points at the file when one does."""
-    names = [name for name, value in environ.items() if name.endswith("_FILE") and value == exc.filename]
-    where = f"${names[0]}={exc.filename}" if names else str(exc.filename)
-    return f"invalid config: cannot read {where}: {exc.strerror or exc}: point it at a readable file, or unset it"
 
 
 def setting_origin(
@@ -358,59 +346,6 @@ def _dotted_paths(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
         yield dotted
         if isinstance(value, Mapping):
             yield from _dotted_paths(value, f"{dotted}.")
-
-
-_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`(?: - at `\$\.?([^`]*)`)?$")
-# Settings people expect in the file that deliberately live elsewhere: key -> where they go.
-_NOT_IN_THE_FILE = {
-    "redis.password": "the Redis password never goes in the config file: set $TELEMETRY_REDIS_PASSWORD, "
-    "or $TELEMETRY_REDIS_PASSWORD_FILE naming a file that holds it",
-    "redis.username": "set $TELEMETRY_REDIS_USERNAME (the ACL user; its password in $TELEMETRY_REDIS_PASSWORD[_FILE])",
-    "redis.tls_ca_file": "set $TELEMETRY_REDIS_TLS_CA_FILE",
-    "redis.ca_file": "set $TELEMETRY_REDIS_TLS_CA_FILE",
-    "redis.tls_cert_file": "set $TELEMETRY_REDIS_TLS_CERT_FILE",
-    "redis.tls_key_file": "set $TELEMETRY_REDIS_TLS_KEY_FILE",
-}
-
-
-def _describe(message: str, origins: Mapping[str, str]) -> str:
-    unknown = _UNKNOWN_FIELD.match(message)
-    if unknown:
-        return _describe_unknown(message, unknown.group(1), unknown.group(2) or "", origins)
-    match = _ERROR_PATH.search(message)
-    origin = origins.get(match.group(1)) if match else None
-    fix = _FIXES.get(match.group(1), "") if match else ""
-    return f"invalid config: {message}" + (f" ({origin})" if origin else "") + fix
-
-
-_FIXES = {"redis.url": ": use redis://host:port/db, rediss:// for TLS or unix:///path/redis.sock, e.g. redis://localhost:6379/0"}
-
-
-def _field_names(section: str) -> list[str]:
-    """The field names of the struct at ``section`` ("" for the top level); [] when not a plain struct."""
-    kind: Any = msgspec.inspect.type_info(Config)
-    for name in filter(None, section.split(".")):
-        field = next((f for f in getattr(kind, "fields", ()) if f.name == name), None)
-        if field is None:
-            return []
-        kind = field.type
-    return [field.name for field in getattr(kind, "fields", ())]
-
-
-def _describe_unknown(message: str, name: str, section: str, origins: Mapping[str, str]) -> str:
-    dotted = f"{section}.{name}" if section else name
-    origin = origins.get(dotted)
-    text = f"invalid config: {message}" + (f" ({origin})" if origin else "")
-    if dotted in _NOT_IN_THE_FILE:
-        return f"{text}: {_NOT_IN_THE_FILE[dotted]}"
-    names = _field_names(section)
-    guess = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    if not section:
-        hint = f"unknown section [{name}]" + (f", did you mean [{guess[0]}]?" if guess else "")
-        return f"{text}: {hint} Sections: {', '.join(f'[{n}]' for n in names)}"
-    if guess:
-        return f"{text}: did you mean `{guess[0]}`?"
-    return f"{text}: [{section}] takes {', '.join(names)}" if names else text
 
 
 # --- showing ---------------------------------------------------------------------------------

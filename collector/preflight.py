@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional
 
-from collector.config import Config, ConfigError, unreadable_file
+from collector.config import Config, ConfigError
+from collector.configerrors import unreadable_file
 from collector.embedded import RedisNotFound, find_redis_server
 from collector.redisproblems import RedisProblem, UrlSetting, check_settings
 
