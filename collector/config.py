@@ -16,7 +16,6 @@ from ``TELEMETRY_REDIS_PASSWORD[_FILE]`` (see :mod:`collector.redisconn`), and
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Mapping, NamedTuple, Optional
@@ -31,6 +30,7 @@ from collector.http import config as http_config
 from collector.http.config import HttpConfig
 from collector.logsetup import redact_secrets
 from collector.alerts import config as alerts_config
+from collector.configerrors import describe, unreadable_file
 from collector.otlp import config as otlp_config
 from collector.otlp.config import OtlpConfig
 from collector.redisconn import redact_url
@@ -52,6 +52,7 @@ __all__ = [
     "PositiveDuration",
     "cli_settings",
     "load_config",
+    "setting_origin",
     "redacted",
     "dec_hook",
 ]
@@ -264,9 +265,6 @@ def cli_settings() -> tuple[CliSetting, ...]:
 
 # --- loading ---------------------------------------------------------------------------------
 
-_ERROR_PATH = re.compile(r" - at `\$\.([^`]+)`$")
-
-
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -279,6 +277,32 @@ def load_config(
     the command line gives them. Raises :class:`ConfigError`.
     """
     env = os.environ if environ is None else environ
+    data, origins = _merged(path, overrides, env)
+    try:
+        # Environment values are strings: strict=False lets "500" become an int.
+        return msgspec.convert(data, Config, dec_hook=dec_hook, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(describe(str(exc), origins, Config)) from None
+    except OSError as exc:  # a secret file named by a variable the config refers to
+        raise ConfigError(unreadable_file(exc, env)) from None
+
+
+def setting_origin(
+    dotted: str,
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """Where the value of ``dotted`` came from: ``from --flag``, ``from $VAR``, ``in FILE`` or ``the default``."""
+    _, origins = _merged(path, overrides, os.environ if environ is None else environ)
+    return origins.get(dotted, "the default")
+
+
+def _merged(
+    path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None, env: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The file, the environment and the flags merged into one mapping, and where each value came from."""
     settings = cli_settings()
     data: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -294,11 +318,7 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         _assign(data, dotted, value)
         origins[dotted] = f"from {flags.get(dotted, 'the command line')}"
-    try:
-        # Environment values are strings: strict=False lets "500" become an int.
-        return msgspec.convert(data, Config, dec_hook=dec_hook, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_describe(str(exc), origins)) from None
+    return data, origins
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -306,7 +326,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path}: check the path given to --config, $TELEMETRY_CONFIG or check-config") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -330,12 +350,6 @@ def _dotted_paths(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
         yield dotted
         if isinstance(value, Mapping):
             yield from _dotted_paths(value, f"{dotted}.")
-
-
-def _describe(message: str, origins: Mapping[str, str]) -> str:
-    match = _ERROR_PATH.search(message)
-    origin = origins.get(match.group(1)) if match else None
-    return f"invalid config: {message}" + (f" ({origin})" if origin else "")
 
 
 # --- showing ---------------------------------------------------------------------------------

@@ -58,9 +58,9 @@ class TestAlertsCommand:
         other = json.loads(CliRunner().invoke(main, ["alerts", "--redis-url", redis_server.url, "--json"]).output)
         assert other == {"group": "telemetry-collectors", "active": [], "silences": [], "recent": []}
 
-    def test_unreachable_redis_is_one_line_exit_1(self) -> None:
-        """Redis out of reach: one line on stderr and exit status 1, like the other tools."""
+    def test_unreachable_redis_is_one_line_exit_2(self) -> None:
+        """Redis out of reach: one line on stderr and exit status 2, like the other tools."""
         result = CliRunner().invoke(main, ["alerts", "--redis-url", f"redis://127.0.0.1:{free_port()}/0"])
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert result.output.startswith("Error: cannot reach Redis at redis://127.0.0.1:")
         assert len(result.output.strip().splitlines()) == 1

@@ -7,6 +7,7 @@ under the daemon, and garbage is written straight into the streams.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -246,10 +247,13 @@ class TestCollectorProcessFaults:
         self, redis_url: str, redis_client: redis.Redis, tmp_path: Path, collectors: list[CollectorProcess]
     ) -> None:
         """A second SIGTERM while the first is draining ends the process at once with a non-zero code."""
-        # A JSONL directory that cannot exist (its parent is a file): the batch is never accepted.
-        (tmp_path / "a-file").write_text("")
-        unwritable = str(tmp_path / "a-file" / "logs")
-        collector = launch(collectors, tmp_path, redis_url, "--jsonl-dir", unwritable, "--shutdown-timeout", "5m")
+        # A JSONL directory whose parent turns into a file once running (run refuses one at start):
+        # the batch is never accepted.
+        parent = tmp_path / "a-file"
+        collector = launch(collectors, tmp_path, redis_url, "--jsonl-dir", str(parent / "logs"), "--shutdown-timeout", "5m")
+        collector.wait_ready()
+        shutil.rmtree(parent, ignore_errors=True)
+        parent.write_text("")
         add_events(redis_client, [custom_event()])
         wait_for(lambda: collector.logged("sink_unavailable"), timeout=60, what="the sink failing")
         collector.signal(signal.SIGTERM)

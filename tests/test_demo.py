@@ -136,7 +136,7 @@ class TestDemoCommand:
         assert "demo finished" in output
 
     def test_unreachable_redis_is_a_clear_error(self, tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
-        """A --redis-url nobody listens on: exit 1 and a message naming the problem."""
+        """A --redis-url nobody listens on: exit 2 (collector.exitcodes) and a message naming the problem."""
         from collector.embedded import free_port
 
         result = subprocess.run(
@@ -144,7 +144,7 @@ class TestDemoCommand:
              "--redis-url", f"redis://127.0.0.1:{free_port()}/0"],
             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        assert result.returncode == 1
+        assert result.returncode == 2
         assert "cannot reach Redis" in result.stderr
 
     def test_bad_rate_exits_2(self) -> None:

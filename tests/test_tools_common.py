@@ -33,7 +33,7 @@ class TestBadArguments:
             (["search", "--severity", "loud"], "--severity"),
             (["search", "--limit", "-1"], "--limit"),
             (["search", "--bogus"], "--bogus"),
-            (["tail", "--severity", "warning"], "--severity"),
+            (["tail", "--severity", "verbose"], "--severity"),
             (["tail", "--timeout", "soon"], "--timeout"),
             (["timeline"], "ID"),
             (["timeline", "r-1", "--gap", "long"], "--gap"),

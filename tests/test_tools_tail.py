@@ -165,8 +165,8 @@ class TestColour:
 
 
 @pytest.mark.parametrize("command", ["tail", "search"])
-def test_unreachable_redis_is_one_line_exit_1(command: str) -> None:
-    """Without Redis the tools say so in one line and exit 1 (health has its own codes)."""
+def test_unreachable_redis_is_one_line_exit_2(command: str) -> None:
+    """Without Redis the tools say so in one line and exit 2, like every command (collector.exitcodes)."""
     result = cli(command, "--redis-url", "redis://127.0.0.1:1/0", "--timeout" if command == "tail" else "--limit", "1")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr

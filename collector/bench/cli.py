@@ -17,8 +17,14 @@ _DEFAULT_PARTS = tuple(part for part in _PARTS if part != "mlx-server")
 
 
 @click.command()
-@click.option("--redis-url", envvar="TELEMETRY_REDIS_URL", default=None, help="Use this Redis instead of an embedded one.")
-@click.option("--quick", is_flag=True, help="A smoke run with small sizes (CI): figures are not meaningful.")
+@click.option(
+    "--redis-url", envvar="TELEMETRY_REDIS_URL", show_envvar=True, default=None, help="Use this Redis instead of an embedded one."
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A smoke run with small sizes (CI): figures are not meaningful and never judged (exit 0 even with FAIL rows).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the header and rows as JSON.")
 @click.option(
     "--only",
@@ -40,6 +46,8 @@ def bench(redis_url: Optional[str], quick: bool, as_json: bool, only: tuple[str,
 
     parts = set(only or _DEFAULT_PARTS)
     server = None
+    if redis_url is not None:
+        _check_redis(redis_url)
     if redis_url is None:
         server = RedisProcess().start()
         redis_url = server.url
@@ -63,8 +71,28 @@ def bench(redis_url: Optional[str], quick: bool, as_json: bool, only: tuple[str,
         for row in rows:
             if row.detail:
                 click.echo(f"  {row.name}: " + ", ".join(f"{k}={_short(v)}" for k, v in row.detail.items()))
+        if quick:
+            click.echo(QUICK_NOTE)
     if not rows:
         sys.exit(1)
+
+
+QUICK_NOTE = (
+    "--quick never judges: sizes are too small for the targets, so PASS/FAIL above means nothing "
+    "and the exit status is 0; run without --quick for figures to compare"
+)
+
+
+def _check_redis(redis_url: str) -> None:
+    """The one error path of every command (collector.redisproblems): one line, exit 2."""
+    from collector.exitcodes import Failure
+    from collector.redisproblems import RedisProblem, probe
+    from collector.tools.common import url_setting
+
+    try:
+        probe(url_setting(click.get_current_context()))
+    except RedisProblem as exc:
+        raise Failure(str(exc)) from None
 
 
 def _short(value: object) -> str:

@@ -251,15 +251,15 @@ class _redis:
 
     def __enter__(self) -> str:
         if self.url:
-            from collector.redisconn import connect, redact_url
+            # One error path for every command (#17): the setting, its source and the fix; exit 2.
+            from collector.exitcodes import Failure
+            from collector.redisproblems import RedisProblem, probe
+            from collector.tools.common import url_setting
 
-            client = connect(self.url)
             try:
-                client.ping()
-            except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
-                raise click.ClickException(f"cannot reach Redis at {redact_url(self.url)}: {exc}") from None
-            finally:
-                client.close()
+                probe(url_setting(click.get_current_context()))
+            except RedisProblem as exc:
+                raise Failure(str(exc)) from None
             return self.url
         data_dir = self.scratch / "redis"
         data_dir.mkdir()

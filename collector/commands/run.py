@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, NoReturn, Optional
+from urllib.parse import urlsplit
 
 import click
 import msgspec
@@ -19,13 +20,25 @@ import structlog
 from click.core import ParameterSource
 
 from collector import durations
-from collector.config import CliSetting, Config, ConfigError, cli_settings, load_config, redacted
+from collector.config import (
+    CliSetting,
+    Config,
+    ConfigError,
+    cli_settings,
+    load_config,
+    redacted,
+    setting_origin,
+)
 from collector.durations import Duration, DurationParam
 from collector.embedded import RedisNotFound, RedisProcess, free_port, port_is_free
+from collector.exitcodes import EXIT_USAGE
 from collector.http.embed import CollectorHttp
 from collector.logsetup import configure_logging
 from collector.otlp.config import cli_options as otlp_cli_options
 from collector.pipeline import build_collector
+from collector.preflight import preflight
+from collector.redisconn import redact_url
+from collector.redisproblems import RedisProblem, UrlSetting, probe
 from collector.shutdown import StopSignals
 
 __all__ = ["run", "check_config"]
@@ -33,6 +46,9 @@ __all__ = ["run", "check_config"]
 log = structlog.get_logger("collector.run")
 
 EMBEDDED_PORT = 6379
+EMITTER_DEFAULT_URL = "redis://localhost:6379/0"  # what Emitter() uses when given no URL
+# Shown as the default of options whose default depends on other settings.
+_DEFAULT_TEXT = {"redis.embedded": "true when no Redis URL is set"}
 # After the graceful deadline has passed, a sink stuck in a write gets this much more.
 HARD_STOP_GRACE = 5.0
 
@@ -91,7 +107,7 @@ def _option(setting: CliSetting) -> Callable[[Any], Any]:
         "envvar": setting.envvar,
         "show_envvar": True,
         "help": setting.help,
-        "show_default": _default_text(setting.path),
+        "show_default": _DEFAULT_TEXT.get(setting.path) or _default_text(setting.path),
     }
     if isinstance(kind, msgspec.inspect.BoolType):
         flag = setting.flag if "/" in setting.flag else f"{setting.flag}/--no-{setting.flag[2:]}"
@@ -118,12 +134,20 @@ def _command_line_overrides(ctx: click.Context, values: Mapping[str, Any]) -> di
     }
 
 
-def _load_or_exit(path: Optional[Path], overrides: Mapping[str, Any]) -> Config:
+def _exit_with(message: str) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    raise click.exceptions.Exit(EXIT_USAGE)
+
+
+def _load_or_exit(path: Optional[Path], overrides: Mapping[str, Any]) -> tuple[Config, UrlSetting]:
+    """The config and its Redis URL setting, after every file and secret run reads was checked."""
     try:
-        return load_config(path, overrides)
+        config = load_config(path, overrides)
+        url = UrlSetting(config.redis.url or "", "redis.url", setting_origin("redis.url", path, overrides))
+        preflight(config, url, setting_origin("jsonl.dir", path, overrides))
     except ConfigError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        raise click.exceptions.Exit(2) from None
+        _exit_with(str(exc))
+    return config, url
 
 
 # --- run ----------------------------------------------------------------------------------------
@@ -140,10 +164,19 @@ def _redis_for(config: Config) -> Iterator[tuple[Config, Optional[RedisProcess]]
     data_dir = Path(config.redis.embedded_dir).resolve()  # redis-server chdirs into it
     data_dir.mkdir(parents=True, exist_ok=True)
     port = EMBEDDED_PORT if port_is_free(EMBEDDED_PORT) else free_port()
+    if port != EMBEDDED_PORT:
+        log.warning(
+            "embedded_redis_port_taken",
+            wanted=EMBEDDED_PORT,
+            port=port,
+            note=f"something (another collector's embedded Redis?) holds port {EMBEDDED_PORT}, where emitters "
+            f"send by default: point them at this collector's Redis (see emitters_should_use), "
+            f"or give both the same --redis-url",
+        )
     try:
         server = RedisProcess(port=port, data_dir=data_dir, appendonly=True).start()
     except (RedisNotFound, RuntimeError, TimeoutError) as exc:
-        raise click.ClickException(f"cannot start the embedded Redis: {exc}") from None
+        _exit_with(f"cannot start the embedded Redis (redis.url not set): {exc}")
     log.info(
         "embedded_redis_started",
         reason="--embedded" if config.redis.embedded else "no Redis URL configured (redis.url / TELEMETRY_REDIS_URL)",
@@ -182,9 +215,17 @@ def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
     Stops on SIGTERM/SIGINT after acking the batch in hand (a second signal exits
     at once). With no Redis URL configured it starts an embedded redis-server.
     """
-    config = _load_or_exit(config_path, _command_line_overrides(ctx, values))
+    config, url = _load_or_exit(config_path, _command_line_overrides(ctx, values))
     configure_logging(config.log.format, config.log.level)
     with _redis_for(config) as (config, embedded):
+        if embedded is None:
+            _check_reachable(url)
+        log.info(
+            "emitters_should_use",
+            redis_url=redact_url(config.redis.url or ""),
+            stream_prefix=config.redis.stream_prefix,
+            note=_emitter_note(config.redis.url or ""),
+        )
         try:
             http = CollectorHttp(config) if config.http.port else None
             collector = build_collector(config, extra_sinks=[http.sink] if http is not None else [])
@@ -210,6 +251,24 @@ def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
                     http.close()
 
 
+def _emitter_note(url: str) -> str:
+    parts, default = urlsplit(url), urlsplit(EMITTER_DEFAULT_URL)
+    local = {"localhost", "127.0.0.1", "::1"}
+    if parts.scheme == "redis" and parts.hostname in local and parts.port == default.port and parts.path in ("", "/0"):
+        return f"the emitters' default ({EMITTER_DEFAULT_URL}) reaches it"
+    return f"pass it to Emitter(service, redis_url): the emitters' default {EMITTER_DEFAULT_URL} does not reach it"
+
+
+def _check_reachable(url: UrlSetting) -> None:
+    """Exit 2 when Redis refuses us for good (credentials, protocol, TLS); only warn when it may come up later."""
+    try:
+        probe(url)
+    except RedisProblem as problem:
+        if problem.lasting:
+            _exit_with(str(problem))
+        log.warning("redis_not_reachable_yet", error=str(problem), note="retrying with capped backoff")
+
+
 # --- check-config ---------------------------------------------------------------------------------
 
 
@@ -218,15 +277,13 @@ def run(ctx: click.Context, config_path: Optional[Path], **values: Any) -> None:
 def check_config(file: Path) -> None:
     """Validate FILE (with TELEMETRY_* variables applied) and print the effective config.
 
-    Secrets are masked. Exits 0 when the config is valid, 2 with the field
-    path and the rule when it is not.
+    Reads every file and secret run would read (Redis password file, TLS
+    files, OTLP token and CA bundle, webhook secrets, the JSONL directory)
+    without connecting, so it fails where run would fail. Secrets are masked.
+    Exits 0 when the config is valid, 2 with the setting and the fix when not.
     """
-    config = _load_or_exit(file, {})
-    try:
-        otlp = config.otlp.resolve()  # OTEL_* variables can still make it invalid
-    except ValueError as exc:
-        click.echo(f"Error: invalid config: {exc}", err=True)
-        raise click.exceptions.Exit(2) from None
+    config, _ = _load_or_exit(file, {})
+    otlp = config.otlp.resolve()  # checked by _load_or_exit, like every file and secret run reads
     shown = redacted(config)
     shown["otlp_effective"] = {"enabled": otlp.enabled, **otlp.describe()}
     click.echo(msgspec.json.format(msgspec.json.encode(shown), indent=2))

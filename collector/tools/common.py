@@ -4,8 +4,9 @@ Conventions every tool follows:
 
 - ``--redis-url`` (``$TELEMETRY_REDIS_URL``), ``--stream-prefix``
   (``$TELEMETRY_STREAM_PREFIX``) and ``--json``.
-- A bad argument is one line on stderr and exit status 2; Redis out of reach is
-  one line and exit status 1 (``health`` has its own codes).
+- Exit codes from :mod:`collector.exitcodes`: a bad argument, a secret that
+  cannot be read, Redis out of reach or refusing the credentials are one
+  ``Error: ...`` line (:mod:`collector.redisproblems`) and exit status 2.
 - Colour only when stdout is a terminal (click strips it otherwise) and never
   with ``$NO_COLOR`` set.
 - Times are the event's own ``ts``. Streams are read with ``XRANGE`` from a
@@ -30,7 +31,9 @@ import redis
 
 from collector.archive import ArchiveStats, ArchiveStem, read_archive
 from collector.durations import parse_duration
-from collector.redisconn import connect, redact_url
+from collector.exitcodes import Failure, OneLineUsageError, one_line
+from collector.redisconn import connect
+from collector.redisproblems import RedisProblem, UrlSetting, check_settings, explain
 from emitters.events import (
     SEVERITIES,
     SEVERITY_RANK,
@@ -47,6 +50,8 @@ __all__ = [
     "ToolCommand",
     "ToolGroup",
     "Target",
+    "SeverityChoice",
+    "url_setting",
     "redis_options",
     "filter_options",
     "maxlen_options",
@@ -89,20 +94,6 @@ _ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__) | {"type"}
 # -- one-line usage errors ---------------------------------------------------
 
 
-class _OneLineUsageError(click.UsageError):
-    """A usage error shown as one ``Error: ...`` line, without the usage banner.
-
-    Operators run these tools from scripts and probes; a one-line message is
-    what ends up readable in a log.
-    """
-
-
-def _one_line(exc: click.UsageError, command_path: str) -> _OneLineUsageError:
-    error = _OneLineUsageError(f"{exc.format_message().rstrip('.')} (see '{command_path} --help')")
-    error.exit_code = exc.exit_code
-    return error
-
-
 def _command_path(info_name: Optional[str], parent: Optional[click.Context]) -> str:
     return " ".join(part for part in ((parent.command_path if parent else ""), info_name or "") if part)
 
@@ -119,23 +110,22 @@ class _OneLineErrors:
     ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[misc]
-        except (click.exceptions.NoArgsIsHelpError, _OneLineUsageError):
+        except (click.exceptions.NoArgsIsHelpError, OneLineUsageError):
             raise
         except click.UsageError as exc:
-            raise _one_line(exc, _command_path(info_name, parent)) from None
+            raise one_line(exc, _command_path(info_name, parent)) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)  # type: ignore[misc]
-        except _OneLineUsageError:
+        except OneLineUsageError:
             raise
         except click.UsageError as exc:
-            raise _one_line(exc, ctx.command_path) from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            url = redact_url(str(ctx.params.get("redis_url", "")))
-            raise click.ClickException(f"cannot reach Redis at {url}: {first_line(exc)}") from None
-        except redis.ResponseError as exc:
-            raise click.ClickException(f"Redis refused the request: {first_line(exc)}") from None
+            raise one_line(exc, ctx.command_path) from None
+        except RedisProblem as exc:
+            raise Failure(str(exc)) from None
+        except redis.RedisError as exc:
+            raise Failure(explain(exc, url_setting(ctx))) from None
         except BrokenPipeError:
             # `... | head`: the reader left. Point stdout at /dev/null so the
             # interpreter's final flush does not complain, and exit quietly.
@@ -162,18 +152,40 @@ def first_line(exc: BaseException) -> str:
 # -- shared options ------------------------------------------------------------
 
 
+_ORIGINS = {
+    click.core.ParameterSource.COMMANDLINE: "from the command line",
+    click.core.ParameterSource.ENVIRONMENT: "from $TELEMETRY_REDIS_URL",
+}
+
+
+def url_setting(ctx: click.Context) -> UrlSetting:
+    """The ``--redis-url`` of this command (or its parent's) and where its value came from."""
+    while ctx.parent is not None and "redis_url" not in ctx.params:
+        ctx = ctx.parent
+    source = ctx.get_parameter_source("redis_url")
+    origin = _ORIGINS.get(source, "the default") if source is not None else "the default"
+    return UrlSetting(str(ctx.params.get("redis_url", "")), "--redis-url", origin)
+
+
 class Target(NamedTuple):
     """Where a tool reads: the Redis URL, the key prefix, and the output form."""
 
     redis_url: str
     prefix: str
     as_json: bool
+    url_origin: str = "the default"
 
     @property
     def names(self) -> StreamNames:
         return stream_names(self.prefix)
 
+    @property
+    def setting(self) -> UrlSetting:
+        return UrlSetting(self.redis_url, "--redis-url", self.url_origin)
+
     def connect(self, tool: str, *, timeout: float = 10.0) -> redis.Redis:
+        """A client, after the URL and every secret and TLS file it needs were checked."""
+        check_settings(self.setting)
         return connect(
             self.redis_url,
             socket_timeout=timeout,
@@ -194,7 +206,8 @@ def redis_options(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, redis_url: str, stream_prefix: str, as_json: bool, **kwargs: Any) -> Any:
-        return func(*args, target=Target(redis_url, stream_prefix, as_json), **kwargs)
+        origin = url_setting(click.get_current_context()).origin
+        return func(*args, target=Target(redis_url, stream_prefix, as_json, origin), **kwargs)
 
     return _apply(  # type: ignore[no-any-return]
         wrapper,
@@ -204,6 +217,7 @@ def redis_options(func: F) -> F:
                 envvar="TELEMETRY_REDIS_URL",
                 default="redis://localhost:6379/0",
                 show_default=True,
+                show_envvar=True,
                 metavar="URL",
                 help="Redis to read (password from $TELEMETRY_REDIS_PASSWORD[_FILE], not the URL).",
             ),
@@ -212,11 +226,26 @@ def redis_options(func: F) -> F:
                 envvar="TELEMETRY_STREAM_PREFIX",
                 default="telemetry",
                 show_default=True,
+                show_envvar=True,
                 help="Key prefix of the streams ({prefix}:events, {prefix}:errors, ...).",
             ),
             click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output."),
         ],
     )
+
+
+class SeverityChoice(click.Choice):
+    """A severity name, case-insensitive; the spellings the logging world uses are taken too."""
+
+    ALIASES = {"warning": "warn", "fatal": "critical", "crit": "critical", "err": "error"}
+
+    def __init__(self) -> None:
+        super().__init__(SEVERITIES, case_sensitive=False)
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if isinstance(value, str):
+            value = self.ALIASES.get(value.lower(), value)
+        return super().convert(value, param, ctx)
 
 
 def filter_options(func: F) -> F:
@@ -250,8 +279,8 @@ def filter_options(func: F) -> F:
             click.option("--type", "types", multiple=True, metavar="GLOB", help="Event type or glob, e.g. 'generation.*' (repeatable)."),
             click.option(
                 "--severity",
-                type=click.Choice(SEVERITIES, case_sensitive=False),
-                help="Only events at least this severe.",
+                type=SeverityChoice(),
+                help="Only events at least this severe ('warning' is taken for 'warn').",
             ),
             click.option("--trace", "trace_id", metavar="ID", help="Trace id (a prefix of 8+ hex digits is enough)."),
             click.option("--request", "request_id", metavar="ID", help="Request id."),

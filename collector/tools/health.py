@@ -17,13 +17,13 @@ import redis
 from collector.clientreports import ClientDrops, read_client_drops, recent_drop_reasons
 from collector.durations import Duration, DurationParam, format_duration
 from collector.redisconn import redact_url
+from collector.redisproblems import RedisProblem, explain
 from collector.tools.common import (
     PAGE_SIZE,
     Target,
     ToolCommand,
     echo,
     echo_json,
-    first_line,
     format_age,
     format_bytes,
     maxlen_options,
@@ -495,8 +495,8 @@ def health(
             snapshot = take_snapshot(client, target, *_split_maxlens(events_maxlen, errors_maxlen))
         finally:
             client.close()
-    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-        message = f"Redis at {redact_url(target.redis_url)} unreachable: {first_line(exc)}"
+    except (redis.RedisError, RedisProblem) as exc:  # exit 2 (unreachable), never 1 (degraded)
+        message = str(exc) if isinstance(exc, RedisProblem) else explain(exc, target.setting)
         if target.as_json:
             echo_json({"status": "unreachable", "exit_code": EXIT_UNREACHABLE, "reasons": [message]})
         else:
