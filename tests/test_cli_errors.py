@@ -115,6 +115,7 @@ MISTAKES = [
     m("search-http-scheme", "search --redis-url http://localhost:6379", 2, "--redis-url", "not a Redis URL"),
     m("errors-env-url", "errors", 2, "--redis-url", "$TELEMETRY_REDIS_URL", TELEMETRY_REDIS_URL="localhost:6379"),
     m("timeline-bad-port", "timeline r-1 --redis-url redis://localhost:port/0", 2, "--redis-url", "bad port"),
+    m("ui-host-port-url", "ui --redis-url localhost:6379", 2, "--redis-url", "from the command line"),
     m("health-bad-db", "health --redis-url redis://localhost:6379/zero", 2, "--redis-url", "database"),
     m("dlq-unix-no-path", "dlq list --redis-url unix://", 2, "--redis-url", "socket path"),
     m("run-env-url", f"run {JSONL}", 2, "redis.url", "$TELEMETRY_REDIS_URL", "rediss://", TELEMETRY_REDIS_URL="localhost:6379"),

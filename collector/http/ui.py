@@ -21,7 +21,7 @@ from collector.http.live import StreamFeed
 from collector.http.metrics import EventMetrics
 from collector.http.server import HttpServer, LiveView
 from collector.logsetup import configure_logging
-from collector.tools.common import Target, ToolCommand
+from collector.tools.common import Target, ToolCommand, url_setting
 
 __all__ = ["ui"]
 
@@ -65,7 +65,7 @@ def ui(redis_url: str, stream_prefix: str, host: str, port: int, token_file: Opt
         raise click.UsageError(str(exc)) from None
     if token is None and not is_loopback(host):
         click.echo(f"warning: --http-host {host} without a token: set $TELEMETRY_HTTP_TOKEN or --http-token-file", err=True)
-    target = Target(redis_url, stream_prefix, False)
+    target = Target(redis_url, stream_prefix, False, url_setting(click.get_current_context()).origin)
     defaults = CollectorConfig()
     metrics = EventMetrics()
     view = LiveView(target, metrics, {"events": defaults.events_maxlen, "errors": defaults.errors_maxlen})
