@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import redis
 
-from collector.alerts.rules import AlertRecord
+from collector.alerts.records import AlertRecord
 from collector.clientreports import read_client_drops, record_client_reports
 from collector.embedded import RedisProcess
 from collector.records import Record

@@ -17,7 +17,7 @@ import redis
 
 from collector.embedded import RedisProcess
 from emitters import Emitter
-from tests.alerts_support import stream_alerts
+from tests.support.alerts import stream_alerts
 from tests.support.restart_scenario import run_once
 from tests.support.collector_process import CollectorProcess, collectors, launch  # noqa: F401  (fixture)
 from tests.support.redis_versions import versioned_redis  # noqa: F401  (fixture)

@@ -131,3 +131,36 @@ class TestOtlpMapping:
         assert attributes["mlx.generation.prefill_ms"].double_value == 9.5
         assert attributes["mlx.generation.decode_batch_max"].int_value == 4
         assert attributes["mlx.generation.draft_acceptance"].double_value == 0.625
+
+
+class TestBookkeepingNeverReachesTheEngine:
+    def test_responses_of_an_unexpected_shape_are_served_unchanged(
+        self, instrumented: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A future mlx-lm whose responses lack the fields we read: the engine still gets its
+        responses and removals, and one warning names the hook."""
+        from emitters.mlx.batching import instrumented_batch_generator
+
+        class ChangedBatchGenerator:  # the fault: responses with none of today's attributes
+            def __init__(self, model: Any) -> None:
+                pass
+
+            def insert_segments(self, segments: Any, max_tokens: Any = None) -> list[int]:
+                return [7]
+
+            def next(self) -> tuple[list[object], list[object]]:
+                return [object()], [object()]
+
+            def remove(self, uids: Any) -> str:
+                return "removed"
+
+        generator = instrumented_batch_generator(ChangedBatchGenerator, instrumented)(object())
+        with caplog.at_level(logging.WARNING, logger="mlx_telemetry.mlx"):
+            assert generator.insert_segments(None, None) == [7]  # segments of no known shape
+            prompt, generated = generator.next()
+            generator.next()
+            assert len(prompt) == 1 and len(generated) == 1
+            assert generator.remove([7]) == "removed"
+        warnings = [r.getMessage() for r in caplog.records if "bookkeeping failed" in r.getMessage()]
+        assert any("BatchGenerator.next" in w for w in warnings)
+        assert sum("BatchGenerator.next" in w for w in warnings) == 1  # logged once, not per step

@@ -24,6 +24,7 @@ import weakref
 from array import array
 from typing import TYPE_CHECKING, Any, Optional
 
+from emitters.mlx.hooks import observe_safely
 from emitters.mlx.models import model_name, percentile
 
 if TYPE_CHECKING:
@@ -166,6 +167,10 @@ def instrumented_batch_generator(base: type, instrumentation: "Instrumentation")
 
         def insert_segments(self, segments: Any, max_tokens: Any = None, *args: Any, **kwargs: Any) -> Any:
             uids = super().insert_segments(segments, max_tokens, *args, **kwargs)
+            observe_safely("BatchGenerator.insert_segments", self._telemetry_inserted, uids, segments, max_tokens)
+            return uids
+
+        def _telemetry_inserted(self, uids: Any, segments: Any, max_tokens: Any) -> None:
             handed = claim() if len(uids) == 1 else None
             occupancy = self.telemetry_occupancy
             for index, uid in enumerate(uids):
@@ -176,12 +181,14 @@ def instrumented_batch_generator(base: type, instrumentation: "Instrumentation")
                     limit = max_tokens[index] if max_tokens else getattr(self, "max_tokens", None)
                     prompt_tokens = sum(len(segment) for segment in segments[index])
                     self._telemetry_own[uid] = _OwnSequence(instrumentation, self._telemetry_model, stats, prompt_tokens, limit)
-            return uids
 
         def next(self) -> Any:
             began = _clock()
             prompt_responses, generation_responses = super().next()
-            ended = _clock()
+            observe_safely("BatchGenerator.next", self._telemetry_step, began, _clock(), prompt_responses, generation_responses)
+            return prompt_responses, generation_responses
+
+        def _telemetry_step(self, began: float, ended: float, prompt_responses: Any, generation_responses: Any) -> None:
             sequences = self._telemetry_sequences
             occupancy = self.telemetry_occupancy
             for response in prompt_responses:
@@ -212,7 +219,6 @@ def instrumented_batch_generator(base: type, instrumentation: "Instrumentation")
                         self._telemetry_finish(response.uid, response.finish_reason)
             elif not prompt_responses:
                 occupancy.decode_batch = 0
-            return prompt_responses, generation_responses
 
         def next_generated(self) -> Any:
             # mlx-lm's own loop, through the instrumented next().
@@ -225,7 +231,7 @@ def instrumented_batch_generator(base: type, instrumentation: "Instrumentation")
         def remove(self, uids: Any, *args: Any, **kwargs: Any) -> Any:
             result = super().remove(uids, *args, **kwargs)
             for uid in uids:
-                self._telemetry_finish(uid, "cancelled")
+                observe_safely("BatchGenerator.remove", self._telemetry_finish, uid, "cancelled")
             return result
 
         def _telemetry_finish(self, uid: int, finish_reason: str) -> None:

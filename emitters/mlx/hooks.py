@@ -12,11 +12,28 @@ import functools
 import logging
 from typing import Any, Callable
 
-__all__ = ["MARK", "original", "original_class", "patch", "mark", "HookSet"]
+__all__ = ["MARK", "original", "original_class", "patch", "mark", "observe_safely", "HookSet"]
 
 log = logging.getLogger("mlx_telemetry.mlx")
 
 MARK = "_mlx_telemetry_patch"
+
+# Hooks whose bookkeeping failed once: each is logged the first time only.
+_FAILED: set[str] = set()
+
+
+def observe_safely(hook: str, observe: Callable[..., None], *args: Any) -> None:
+    """Run a hook's telemetry bookkeeping; whatever goes wrong there never reaches the engine.
+
+    Only the bookkeeping is guarded, never the mlx-lm call itself: the engine's own
+    exceptions must reach the engine unchanged.
+    """
+    try:
+        observe(*args)
+    except Exception:  # an mlx-lm whose responses changed shape: serve on, without this telemetry
+        if hook not in _FAILED:
+            _FAILED.add(hook)
+            log.warning("mlx-telemetry: %s bookkeeping failed; the engine goes on without it", hook, exc_info=True)
 
 
 def original(function: Callable[..., Any]) -> Callable[..., Any]:

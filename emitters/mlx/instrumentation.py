@@ -215,7 +215,7 @@ class Instrumentation:
         if request_id is None:
             outer = run(_context.current) or {}
             request_id = outer.get("request_id") or _context.new_trace_id()
-        scope = emitter.context(request_id=request_id)
+        scope = emitter.context(name="mlx_lm.stream_generate", request_id=request_id)
         run(scope.__enter__)
         with self._lock:
             self._active += 1
