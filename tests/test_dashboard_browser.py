@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -84,6 +86,12 @@ def test_dashboard_follows_traffic_shows_timeline_errors_and_alerts(redis_url: s
     traffic = DemoTraffic(redis_url)
     try:
         traffic.engine.runtime_status("ready", 2, active_tasks=0, memory_gb=0.7)
+        silence = subprocess.run(
+            [sys.executable, "-m", "collector", "alerts", "silence", "--redis-url", redis_url,
+             "--matcher", "rule=service-errors", "--for", "1h", "--comment", "deploy window"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert silence.returncode == 0, silence.stderr
         with traffic.gateway.context(request_id="req-broken"):
             traffic.gateway.event("request.received", route="/v1/chat/completions")
             try:
@@ -106,17 +114,20 @@ def test_dashboard_follows_traffic_shows_timeline_errors_and_alerts(redis_url: s
         field.clear()
         field.send_keys("req-broken")
         driver.find_element(By.ID, "timeline-go").click()  # type: ignore[attr-defined]
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline-table tbody tr")) == 2)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline-table tbody tr")) == 3)
         rows = driver.find_elements(By.CSS_SELECTOR, "#timeline-table tbody tr")  # type: ignore[attr-defined]
         assert "request.received" in rows[0].text and "gateway" in rows[0].text
         assert "error" in rows[1].text and "mlx-engine" in rows[1].text and "ValueError" in rows[1].text
         assert "error" in rows[1].get_attribute("class")
-        assert "2 events" in driver.find_element(By.ID, "timeline-summary").text  # type: ignore[attr-defined]
+        assert "span.ended" in rows[2].text and "gateway" in rows[2].text  # the request's scope closed
+        assert "3 events" in driver.find_element(By.ID, "timeline-summary").text  # type: ignore[attr-defined]
 
         # The error group and the alert its new fingerprint fired.
         wait.until(seen.text_to_be_present_in_element((By.ID, "errors-table"), "tokenizer rejected input 42"))
         wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, "#alerts-table tr.firing")))
         assert "new-error-kind" in driver.find_element(By.CSS_SELECTOR, "#alerts-table tr.firing").text  # type: ignore[attr-defined]
+        wait.until(seen.text_to_be_present_in_element((By.ID, "silences-table"), "deploy window"))
+        assert "rule=service-errors" in driver.find_element(By.ID, "silences-table").text  # type: ignore[attr-defined]
 
         # Charts and tables filled from the same traffic.
         wait.until(seen.text_to_be_present_in_element((By.ID, "engines-table"), "mlx-engine"))

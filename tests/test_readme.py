@@ -78,6 +78,7 @@ REWRITES: list[tuple[str, str, str]] = [
     (r" -o root -g mlx-telemetry", "", "no mlx-telemetry group here"),
     (r"(?<![\w/.-])deploy/", "{root}/deploy/", "paths relative to the checkout"),
     (r"pip install (-q --no-deps --no-build-isolation --no-index )?\.(\s|$)", r"pip install \1{source}\2", "a copy of the checkout (pip builds in the source tree)"),
+    (r"/models/[\w.-]+", "{model}", "a model of yours -> the tiny offline model"),
     (r"^telemetry-collector demo\b", "telemetry-collector demo --duration 3", "the 20 s demo shortened; its summary is still checked"),
 ]
 
@@ -186,8 +187,13 @@ class World(NamedTuple):
 
     def rewrite(self, part: str) -> str:
         values = self.values()
+        if "/models/" in part:
+            from collector.tinymodel import tiny_model_path
+
+            values["model"] = str(tiny_model_path())
         for pattern, replacement, _why in REWRITES:
-            part = re.sub(pattern, replacement.format(**values) if "{" in replacement else replacement, part)
+            if re.search(pattern, part):
+                part = re.sub(pattern, replacement.format(**values) if "{" in replacement else replacement, part)
         return part
 
     def env(self, part: str, exports: dict[str, str]) -> dict[str, str]:

@@ -166,17 +166,18 @@ class OtlpChannel:
         pid: Optional[int] = None,
     ) -> None:
         # Imported only when used: the protobuf modules weigh on start-up time and memory.
+        from collector.otlp.resources import Resources
         from collector.otlp.translate import TranslateOptions, Translator
         from collector.otlp.transport import make_transport
 
-        self._translator = Translator(
-            TranslateOptions(
-                deployment_environment=settings.deployment_environment,
-                capture_content=settings.capture_content,
-                max_request_bytes=settings.max_request_bytes,
-            )
+        options = TranslateOptions(
+            deployment_environment=settings.deployment_environment,
+            capture_content=settings.capture_content,
+            max_request_bytes=settings.max_request_bytes,
+            latest_genai=settings.latest_genai,
         )
-        self._transport = transport or make_transport(settings)
+        self._translator = Translator(options, Resources(options, settings.resource_attributes))
+        self._transport = transport or make_transport(settings, "logs")
         self._host = host or socket.gethostname()
         self._pid = os.getpid() if pid is None else pid
 

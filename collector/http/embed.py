@@ -60,7 +60,7 @@ class CollectorHttp:
         settings, http = self.config.collector, self.config.http
         target = Target(self.config.redis.url or "", self.config.redis.stream_prefix, False)
         maxlens = {"events": settings.events_maxlen, "errors": settings.errors_maxlen}
-        view = LiveView(target, self.metrics, maxlens, daemon)
+        view = LiveView(target, self.metrics, maxlens, self.config.collector.group, daemon)
         if self.token is None and not is_loopback(http.host):
             log.warning(
                 "http_without_token",

@@ -51,8 +51,16 @@ _json = msgspec.json.Encoder()
 class LiveView:
     """What the server shows: one Redis, the event metrics, and the daemon it runs in (if any)."""
 
-    def __init__(self, target: Target, metrics: EventMetrics, maxlens: Mapping[str, int], daemon: Optional[Daemon] = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        metrics: EventMetrics,
+        maxlens: Mapping[str, int],
+        alert_group: str,
+        daemon: Optional[Daemon] = None,
+    ) -> None:
         self.target = target
+        self.alert_group = alert_group  # alert state belongs to a consumer group
         self.names = target.names
         self.daemon = daemon
         self.client = target.connect("http", timeout=PROBE_TIMEOUT_S)
@@ -196,7 +204,7 @@ def _errors(handler: _Handler, query: Mapping[str, str]) -> None:
 
 def _alerts(handler: _Handler, query: Mapping[str, str]) -> None:
     view = handler.server.view
-    handler._data(views.alerts(view.client, view.names))
+    handler._data(views.alerts(view.client, view.names, view.alert_group))
 
 
 def _timeline(handler: _Handler, query: Mapping[str, str]) -> None:

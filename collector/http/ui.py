@@ -42,13 +42,15 @@ __all__ = ["ui"]
     show_default=True,
     help="Key prefix of the streams ({prefix}:events, {prefix}:errors, ...).",
 )
+@click.option("--group", envvar="TELEMETRY_GROUP", default=CollectorConfig().group, show_default=True,
+              help="Consumer group whose alert state to show (the ui never joins it).")  # fmt: skip
 @click.option("--http-host", "host", envvar="TELEMETRY_HTTP_HOST", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback should set a token.")  # fmt: skip
 @click.option("--http-port", "port", envvar="TELEMETRY_HTTP_PORT", type=click.IntRange(1, 65535),
               default=DEFAULT_PORT, show_default=True, help="Port of the dashboard and /metrics.")  # fmt: skip
 @click.option("--http-token-file", "token_file", envvar="TELEMETRY_HTTP_TOKEN_FILE", metavar="FILE",
               help="File holding the bearer token to ask for (or set $TELEMETRY_HTTP_TOKEN).")  # fmt: skip
-def ui(redis_url: str, stream_prefix: str, host: str, port: int, token_file: Optional[str]) -> None:
+def ui(redis_url: str, stream_prefix: str, group: str, host: str, port: int, token_file: Optional[str]) -> None:
     """Serve the dashboard, /metrics, /healthz and /readyz for the streams of one Redis.
 
     Runs until SIGTERM or Ctrl-C. Redis may be down at start: /readyz says so
@@ -68,7 +70,7 @@ def ui(redis_url: str, stream_prefix: str, host: str, port: int, token_file: Opt
     target = Target(redis_url, stream_prefix, False, url_setting(click.get_current_context()).origin)
     defaults = CollectorConfig()
     metrics = EventMetrics()
-    view = LiveView(target, metrics, {"events": defaults.events_maxlen, "errors": defaults.errors_maxlen})
+    view = LiveView(target, metrics, {"events": defaults.events_maxlen, "errors": defaults.errors_maxlen}, group)
     try:
         server = HttpServer(view, host, port, token)
     except OSError as exc:

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Optional
 
 import redis
 
+from collector.alerts.silences import SilenceStore, silenced_by
 from collector.alerts.state import AlertState
 from collector.durations import Duration
 from collector.http.figures import CollectorFigures
@@ -185,9 +186,11 @@ def error_groups(client: redis.Redis, names: StreamNames) -> list[dict[str, Any]
     return groups
 
 
-def alerts(client: redis.Redis, names: StreamNames) -> dict[str, Any]:
-    """The shared alert state (firing, recently resolved) and the latest notifications."""
-    state = AlertState(client, names)
+def alerts(client: redis.Redis, names: StreamNames, group: str) -> dict[str, Any]:
+    """``group``'s alert state (firing, recently resolved), the active silences and the latest notifications."""
+    state = AlertState(client, names, group)
+    now = time.time()
+    active_silences = [silence for silence in SilenceStore(client, names).all() if silence.active(now)]
     current = []
     for fingerprint, stored in sorted(state.alerts().items(), key=lambda item: item[1].record.starts_at, reverse=True):
         record = stored.record
@@ -203,13 +206,19 @@ def alerts(client: redis.Redis, names: StreamNames) -> dict[str, Any]:
                 "threshold": record.threshold,
                 "starts_at": record.starts_at,
                 "ends_at": record.ends_at,
+                "silenced_by": silenced_by(record, active_silences, now),
             }
         )
     recent = [
         {"id": entry_id, "status": r.status, "rule": r.rule, "summary": r.summary, "at": r.ends_at or r.starts_at}
         for entry_id, r in state.recent(ALERTS_SHOWN)
     ]
-    return {"current": current, "recent": recent}
+    silences = [
+        {"id": silence.id, "matchers": " ".join(str(m) for m in silence.matchers), "ends_at": silence.ends_at,
+         "comment": silence.comment, "created_by": silence.created_by}
+        for silence in active_silences
+    ]
+    return {"group": group, "current": current, "silences": silences, "recent": recent}
 
 
 def timeline(client: redis.Redis, names: StreamNames, wanted: str) -> dict[str, Any]:

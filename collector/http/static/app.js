@@ -87,7 +87,12 @@ async function refreshAlerts() {
   const data = await getJson("/api/alerts");
   fillTable("alerts-table", data.current, (tr, a) => {
     tr.className = a.status;
-    cell(tr, a.status); cell(tr, a.rule); cell(tr, a.summary); cell(tr, a.starts_at); cell(tr, a.ends_at);
+    cell(tr, a.silenced_by ? `${a.status} (silenced by ${a.silenced_by})` : a.status);
+    cell(tr, a.rule); cell(tr, a.summary); cell(tr, a.starts_at); cell(tr, a.ends_at);
+  });
+  fillTable("silences-table", data.silences, (tr, s) => {
+    cell(tr, s.id); cell(tr, s.matchers); cell(tr, new Date(s.ends_at * 1000).toISOString());
+    cell(tr, s.created_by); cell(tr, s.comment);
   });
   $("alerts-recent").replaceChildren(...data.recent.map(r => {
     const li = document.createElement("li");
