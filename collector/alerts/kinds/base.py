@@ -23,7 +23,7 @@ from collector.durations import format_duration
 if TYPE_CHECKING:
     from collector.alerts.state import AlertState
 
-__all__ = ["AlertRule", "Reader", "group_text", "json_text", "text"]
+__all__ = ["AlertRule", "WindowedRule", "Reader", "group_text", "json_text", "text"]
 
 # Consumes the replies of the reads a rule queued, returns the measure per group.
 Reader = Callable[[Iterator[Any]], dict[str, Measure]]
@@ -169,3 +169,15 @@ class AlertRule:
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             # e.g. `{value:.0f}` while there is no value: the default text says it better
             return ""
+
+
+class WindowedRule(AlertRule):
+    """A kind measured over the rule's sliding ``window`` against its ``threshold`` (rate, value)."""
+
+    @property
+    def window(self) -> float:
+        return float(self.rule.window)
+
+    @property
+    def threshold(self) -> Optional[float]:
+        return float(self.rule.threshold)

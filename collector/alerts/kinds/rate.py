@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
-from collector.alerts.kinds.base import AlertRule, Reader, group_text, text
+from collector.alerts.kinds.base import Reader, WindowedRule, group_text, text
 from collector.alerts.observation import Observation
 from collector.alerts.windows import Measure, Updates, breaches, bucket_expiry_ms, bucket_of, window_buckets
 from collector.durations import format_duration
@@ -23,17 +23,9 @@ def evaluate_rate(op: str, threshold: float, slices: list[Mapping[str, int]]) ->
     return {group: Measure(float(n), breaches(op, n, threshold)) for group, n in totals.items()}
 
 
-class RateKind(AlertRule):
+class RateKind(WindowedRule):
     kind = "rate"
     clear_value = 0.0
-
-    @property
-    def window(self) -> float:
-        return float(self.rule.window)
-
-    @property
-    def threshold(self) -> Optional[float]:
-        return float(self.rule.threshold)
 
     def observe(self, obs: Observation, ts: float, now: float, updates: Updates) -> None:
         if ts <= now - self.window:

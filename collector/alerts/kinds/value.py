@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 
-from collector.alerts.kinds.base import AlertRule, Reader, group_text, text
+from collector.alerts.kinds.base import Reader, WindowedRule, group_text, text
 from collector.alerts.observation import Observation
 from collector.alerts.windows import (
     BucketStats,
@@ -39,16 +39,8 @@ def evaluate_value(
     return measures
 
 
-class ValueKind(AlertRule):
+class ValueKind(WindowedRule):
     kind = "value"
-
-    @property
-    def window(self) -> float:
-        return float(self.rule.window)
-
-    @property
-    def threshold(self) -> Optional[float]:
-        return float(self.rule.threshold)
 
     def observe(self, obs: Observation, ts: float, now: float, updates: Updates) -> None:
         if ts <= now - self.window:
