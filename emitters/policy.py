@@ -15,7 +15,11 @@ Both sides apply the same function: an emitter counts such an event as
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from functools import lru_cache
+from operator import attrgetter
+from typing import Any, Callable, Optional
+
+import msgspec
 
 __all__ = ["out_of_range", "LATE_ARRIVAL_NS", "FUTURE_TOLERANCE_NS"]
 
@@ -40,13 +44,50 @@ def out_of_range(
         )
     if ts > now_ns + future_tolerance_ns:
         return f"ts {ts} is more than {future_tolerance_ns // NS_PER_S}s in the future - at `$.ts`"
-    for name in event.__struct_fields__:
-        value = getattr(event, name)
-        if type(value) is float:
-            if not math.isfinite(value):
-                return f"{value} is not a finite number - at `$.{name}`"
-        elif type(value) is dict:
+    floats, mappings = _number_fields(type(event))
+    for value in floats.get(event):
+        if type(value) is float and not math.isfinite(value):
+            return f"{value} is not a finite number - at `$.{floats.name_of(event, value)}`"
+    for value in mappings.get(event):
+        if value:
             for key, item in value.items():
                 if type(item) is float and not math.isfinite(item):
-                    return f"{item} is not a finite number - at `$.{name}.{key}`"
+                    return f"{item} is not a finite number - at `$.{mappings.name_of(event, value)}.{key}`"
     return None
+
+
+class _Fields:
+    """Some fields of a Struct class and one C-level getter for their values, in order."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        getter = attrgetter(*names) if names else (lambda _: ())
+        self.get: Callable[[Any], tuple[Any, ...]] = (lambda event: (getter(event),)) if len(names) == 1 else getter
+
+    def name_of(self, event: Any, value: Any) -> str:
+        """The field of ``event`` that holds ``value`` (identity, so NaN is found too)."""
+        return next(name for name in self.names if getattr(event, name) is value)
+
+
+@lru_cache(maxsize=None)
+def _number_fields(cls: type) -> tuple[_Fields, _Fields]:
+    """(fields typed to hold a float, fields typed to hold a dict) of a contract class.
+
+    Only those can carry a non-finite number; the others (ids, strings, ints)
+    are skipped, which is most of a ``generation.completed``.
+    """
+    floats: list[str] = []
+    mappings: list[str] = []
+    for field in msgspec.structs.fields(cls):
+        held = _held_types(msgspec.inspect.type_info(field.type))
+        if msgspec.inspect.DictType in held:
+            mappings.append(field.name)
+        elif msgspec.inspect.FloatType in held or msgspec.inspect.AnyType in held:
+            floats.append(field.name)
+    return _Fields(tuple(floats)), _Fields(tuple(mappings))
+
+
+def _held_types(info: msgspec.inspect.Type) -> set[type]:
+    if isinstance(info, msgspec.inspect.UnionType):
+        return {type(member) for member in info.types}
+    return {type(info)}
