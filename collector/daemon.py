@@ -1,6 +1,7 @@
 """The collector daemon: Redis Streams consumer group -> sinks, at least once.
 
-One thread does the work, batch by batch:
+One thread does the work, batch by batch (only the next read may run ahead
+on a second thread, see :mod:`collector.readahead`):
 
 1. read: one ``XREADGROUP`` over both streams (errors listed first, so they are
    handled first), or an ``XAUTOCLAIM`` of entries other consumers left idle
@@ -13,7 +14,9 @@ One thread does the work, batch by batch:
 4. write the dead letters, then ``XACK`` every entry of the batch.
 
 Nothing is acked before step 3 is done, so a crash anywhere means redelivery,
-never loss; duplicates are bounded by one batch. Between batches the loop
+never loss. While a backlog drains (the last read was full), the next read
+runs during steps 2-4, so at most two batches are read and not yet acked:
+that bounds what a crash delivers twice. Between batches the loop
 does its housekeeping on timers: heartbeat hash, lag check against MAXLEN,
 claiming, ``XTRIM MINID`` retention, removal of dead consumers that have
 nothing pending, counters in the log, systemd watchdog pings.
@@ -43,6 +46,7 @@ from collector.consumer import RawEntry, decode_entries
 from collector.deadletter import DeadLetter, dead_letter_fields
 from collector.keepalive import KeepAlive
 from collector.loss import LossBook
+from collector.readahead import ReadAhead
 from collector.records import Record, StreamKind, parse_id
 from collector.redisconn import connect, redact_url
 from collector.refusals import REFUSAL_ACTIONS, refusal
@@ -140,6 +144,7 @@ class _Batch:
     rejections: dict[str, tuple[Record, list[str]]] = field(default_factory=dict)
     rejected: int = 0
     delivered: bool = False  # sinks done and alerts observed
+    full: bool = False  # a read of new entries that got all it asked for: more are waiting
 
     def size(self) -> int:
         return sum(map(len, self.ack.values()))
@@ -234,6 +239,7 @@ class Collector:
             "errors": settings.errors_retention,
         }
         self._cursor: dict[str, bytes | str] = {}
+        self._ahead: ReadAhead[Any] = ReadAhead("collector-read-ahead")
         self._claim_cursor: dict[str, bytes | str] = {key: "0-0" for _, key in self.streams}
         self._batch: Optional[_Batch] = None
         self._at_risk: set[StreamKind] = set()
@@ -309,11 +315,13 @@ class Collector:
         while True:
             try:
                 if self._batch is None:
-                    if self._stop.is_set():
+                    if self._stop.is_set() and not self._ahead.outstanding:
                         self._notice_stop()
                         return
                     self._housekeeping(reading=True)
                     self._batch = self._next_batch()
+                    if self._batch is not None:
+                        self._read_ahead(self._batch)
                 if self._batch is not None:
                     self._deliver(self._batch)
                     self._batch = None
@@ -391,6 +399,7 @@ class Collector:
         if self.alert_engine is not None:
             self.alert_engine.close()
         self._keepalive.close()
+        self._ahead.close()
         if not self._redis_down:  # otherwise a connect timeout would eat into the deadline; it expires anyway
             try:
                 self._redis.delete(self.names.heartbeat(self.consumer))
@@ -421,6 +430,7 @@ class Collector:
             self.losses.group_vanished(created, self.lag)
         self._attached = True
         self._cursor = {key: "0" for _, key in self.streams}
+        self._ahead.forget()  # what it read is in our pending list, read again from "0" now
 
     def _has_group(self, key: str) -> bool:
         try:
@@ -480,6 +490,9 @@ class Collector:
     # -- reading ----------------------------------------------------------------------------------
 
     def _next_batch(self) -> Optional[_Batch]:
+        if self._ahead.outstanding:
+            # Already in our pending list: delivered before anything else is read or claimed.
+            return self._parse(self._ahead.take())
         now = time.monotonic()
         if now >= self._due["claim"]:
             batch, more = self._claim()
@@ -487,25 +500,31 @@ class Collector:
             self._due["claim"] = now if more else now + self._claim_every
             if batch is not None:
                 return batch
-        return self._read()
-
-    def _read(self) -> Optional[_Batch]:
         history = any(cursor != ">" for cursor in self._cursor.values())
         block: Optional[int] = None
         if not history:
             until_due = min(self._due.values()) - time.monotonic()
             block = max(1, min(self.settings.block_ms, int(until_due * 1000)))
-        if self.losses.gap_checks and not history:
+        return self._parse(self._fetch(dict(self._cursor), block))
+
+    def _read_ahead(self, batch: _Batch) -> None:
+        """Start reading the next batch now when a backlog is certain: this one was full."""
+        if batch.full and not self._ahead.outstanding and not self._stop.is_set() and all(cursor == ">" for cursor in self._cursor.values()):
+            cursor = dict(self._cursor)
+            self._ahead.start(lambda: self._fetch(cursor, None))
+
+    def _fetch(self, cursor: dict[str, bytes | str], block: Optional[int]) -> Any:
+        """One XREADGROUP round trip (on the read-ahead thread too: touches no loop state)."""
+        if self.losses.gap_checks and all(position == ">" for position in cursor.values()):
             # Same round trip: count what someone trimmed unread before this read steps past it.
             pipe = self._redis.pipeline(transaction=False)
             for _, key in self.streams:
                 self.losses.close_gap(key, pipe)
-            pipe.xreadgroup(self.group, self.consumer, dict(self._cursor), count=self.settings.batch_size, block=block)
-            reply = pipe.execute()[-1]
-        else:
-            reply = self._redis.xreadgroup(
-                self.group, self.consumer, dict(self._cursor), count=self.settings.batch_size, block=block
-            )
+            pipe.xreadgroup(self.group, self.consumer, cursor, count=self.settings.batch_size, block=block)
+            return pipe.execute()[-1]
+        return self._redis.xreadgroup(self.group, self.consumer, cursor, count=self.settings.batch_size, block=block)
+
+    def _parse(self, reply: Any) -> Optional[_Batch]:
         # RESP3 (redis-py's default) answers with a map, RESP2 with a list of pairs.
         pairs = reply.items() if isinstance(reply, dict) else reply or ()
         replied = {_text(key): entries for key, entries in pairs}
@@ -521,6 +540,7 @@ class Collector:
                 entries = self._drop_over_delivered(batch, key, entries)
             elif entries:
                 self.counters.read += len(entries)
+                batch.full = batch.full or len(entries) >= self.settings.batch_size
             if entries:
                 self._add(batch, kind, key, entries)
         return batch if batch.ack else None
