@@ -11,7 +11,7 @@ import redis
 
 from collector.commands.demo_server import DemoServer
 from collector.commands.demo_stats import DemoStats, StreamReader
-from emitters.mlx import percentile
+from collector.tools.formatting import format_counts
 from emitters.streams import StreamNames
 
 __all__ = ["alert_count", "print_line", "print_summary"]
@@ -67,11 +67,9 @@ def print_summary(
     click.echo(f"demo finished after {elapsed:.1f}s")
     click.echo(
         f"  requests        {server.requests} sent over HTTP, {stats.completed} completed, {stats.errors} errors "
-        f"({', '.join(f'{name} x{count}' for name, count in sorted(stats.error_types.items())) or 'none'})"
+        f"({format_counts(stats.error_types, ' x') or 'none'})"
     )
-    click.echo(
-        f"  finish reasons  {', '.join(f'{k} x{v}' for k, v in sorted(stats.finish_reasons.items())) or '-'}"
-    )
+    click.echo(f"  finish reasons  {format_counts(stats.finish_reasons, ' x') or '-'}")
     click.echo(
         f"  TTFT            p50 {_fmt_ms(stats.ttft_percentile(50))}  p95 {_fmt_ms(stats.ttft_percentile(95))}"
     )
@@ -80,7 +78,7 @@ def print_summary(
         f"  tokens          {stats.tokens} generated, {_rate(stats.tokens, elapsed):.0f}/s overall, "
         f"{'-' if tps is None else f'{tps:.0f}'}/s per generation (median)"
     )
-    queue = percentile(sorted(stats.queue_wait_ms), 50) if stats.queue_wait_ms else None
+    queue = stats.queue_wait_percentile(50)
     click.echo(
         f"  batching        largest decode batch {stats.decode_batch_max}"
         f" (--decode-concurrency {stats.decode_concurrency or '-'}), queue wait p50 {_fmt_ms(queue)}, "

@@ -16,6 +16,10 @@ from emitters.streams import StreamNames
 __all__ = ["DemoStats", "StreamReader"]
 
 
+def _percentile(values: list[float], pct: float) -> Optional[float]:
+    return percentile(sorted(values), pct) if values else None
+
+
 @dataclass
 class DemoStats:
     """Aggregates of the events read back from the streams (pure; no I/O)."""
@@ -62,7 +66,10 @@ class DemoStats:
             self.error_types[event.error_type] = self.error_types.get(event.error_type, 0) + 1
 
     def ttft_percentile(self, pct: float) -> Optional[float]:
-        return percentile(sorted(self.ttft_ms), pct) if self.ttft_ms else None
+        return _percentile(self.ttft_ms, pct)
+
+    def queue_wait_percentile(self, pct: float) -> Optional[float]:
+        return _percentile(self.queue_wait_ms, pct)
 
     def median_decode_tps(self) -> Optional[float]:
         return statistics.median(self.decode_tps) if self.decode_tps else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import click
 import msgspec
@@ -16,6 +16,7 @@ __all__ = [
     "format_age",
     "format_bytes",
     "format_relative",
+    "format_counts",
     "event_details",
     "event_line",
     "event_json",
@@ -78,6 +79,11 @@ def format_bytes(size: Optional[int]) -> str:
             return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def format_counts(counts: Mapping[str, int], between: str = " ") -> str:
+    """Counts by name, sorted by name: ``events:g1 3, errors:g1 1`` (empty when there are none)."""
+    return ", ".join(f"{name}{between}{count}" for name, count in sorted(counts.items()))
 
 
 def _value(value: Any) -> str:

@@ -18,7 +18,7 @@ from collector.durations import Duration, DurationParam
 from collector.exitcodes import EXIT_NOTHING, EXIT_OK, EXIT_USAGE
 from collector.redisproblems import RedisProblem, explain
 from collector.tools.command import ToolCommand
-from collector.tools.formatting import format_age, format_bytes
+from collector.tools.formatting import format_age, format_bytes, format_counts
 from collector.tools.health_checks import Thresholds, assess
 from collector.tools.health_snapshot import Snapshot, take_snapshot
 from collector.tools.options import Target, maxlen_options, redis_options
@@ -93,7 +93,7 @@ def _print_snapshot(snapshot: Snapshot, status: str, reasons: list[str]) -> None
         detail = ", ".join(f"{reason} {count}" for reason, count in drops.dropped.items()) or "-"
         echo(f"engine {drops.service}: dropped {drops.dropped_total} ({detail}), last drop {_ago(drops.last_drop_age_s)}")
     if snapshot.lost:
-        counts = ", ".join(f"{name} {count}" for name, count in sorted(snapshot.lost.items()))
+        counts = format_counts(snapshot.lost)
         echo(f"lost (trimmed before acked): {counts}; newest {_ago(snapshot.last_loss_age_s)}")
     colour = "green" if status == "healthy" else "yellow"
     echo(click.style(f"status: {status}", fg=colour, bold=True))

@@ -6,7 +6,7 @@ import msgspec
 
 from collector.clientreports import recent_drop_reasons
 from collector.durations import format_duration
-from collector.tools.formatting import format_age
+from collector.tools.formatting import format_age, format_counts
 from collector.tools.health_snapshot import GroupInfo, Snapshot, StreamInfo
 
 __all__ = ["Thresholds", "assess"]
@@ -59,7 +59,7 @@ def assess(snapshot: Snapshot, limits: Thresholds) -> list[str]:
         for group in stream.groups:
             reasons.extend(_group_reasons(stream, group, limits))
     if snapshot.lost and snapshot.last_loss_age_s is not None and snapshot.last_loss_age_s <= RECENT_LOSS_S:
-        counts = ", ".join(f"{name} {count}" for name, count in sorted(snapshot.lost.items()))
+        counts = format_counts(snapshot.lost)
         reasons.append(
             f"entries were trimmed before they were acked, {format_age(snapshot.last_loss_age_s)} ago "
             f"(lost so far: {counts}); see the collector log (entries_lost) for the id ranges"
