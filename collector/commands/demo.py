@@ -156,15 +156,9 @@ class _redis:
 
     def __enter__(self) -> str:
         if self.url:
-            # One error path for every command (#17): the setting, its source and the fix; exit 2.
-            from collector.exitcodes import Failure
-            from collector.redisproblems import RedisProblem, probe
-            from collector.tools.options import url_setting
+            from collector.tools.options import check_redis_url
 
-            try:
-                probe(url_setting(click.get_current_context()))
-            except RedisProblem as exc:
-                raise Failure(str(exc)) from None
+            check_redis_url()
             return self.url
         data_dir = self.scratch / "redis"
         data_dir.mkdir()

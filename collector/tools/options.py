@@ -13,8 +13,9 @@ from typing import Any, Callable, NamedTuple, Optional, TypeVar
 import click
 import redis
 
+from collector.exitcodes import Failure
 from collector.redisconn import connect
-from collector.redisproblems import UrlSetting, check_settings
+from collector.redisproblems import RedisProblem, UrlSetting, check_settings, probe
 from collector.tools.filters import EventFilter
 from emitters.events import SEVERITIES
 from emitters.streams import DEFAULT_ERRORS_MAXLEN, DEFAULT_EVENTS_MAXLEN, StreamNames, stream_names
@@ -23,6 +24,7 @@ __all__ = [
     "Target",
     "SeverityChoice",
     "url_setting",
+    "check_redis_url",
     "redis_options",
     "filter_options",
     "maxlen_options",
@@ -44,6 +46,14 @@ def url_setting(ctx: click.Context) -> UrlSetting:
     source = ctx.get_parameter_source("redis_url")
     origin = _ORIGINS.get(source, "the default") if source is not None else "the default"
     return UrlSetting(str(ctx.params.get("redis_url", "")), "--redis-url", origin)
+
+
+def check_redis_url() -> None:
+    """Probe this command's ``--redis-url`` now: a problem is one line and exit 2, as in every command (#17)."""
+    try:
+        probe(url_setting(click.get_current_context()))
+    except RedisProblem as exc:
+        raise Failure(str(exc)) from None
 
 
 class Target(NamedTuple):

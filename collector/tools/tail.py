@@ -37,6 +37,8 @@ BLOCK_MS = 1000
 LIVE_BLOCK_MS = 100
 READ_COUNT = 500
 MAX_BACKOFF_S = 5.0
+# The socket timeout outlasts the longest XREAD block.
+CLIENT_TIMEOUT_S = BLOCK_MS / 1000 + 10
 
 
 class Follower:
@@ -46,7 +48,7 @@ class Follower:
         self.target = target
         self.names: StreamNames = target.names
         self.live = live
-        self.client = target.connect("tail", timeout=BLOCK_MS / 1000 + 10)
+        self.client = target.connect("tail", timeout=CLIENT_TIMEOUT_S)
         self.pubsub: Optional[redis.client.PubSub] = None
         # Errors first: XREAD returns streams in the order asked.
         self.last_ids: dict[str, str] = {
@@ -96,7 +98,7 @@ class Follower:
 
     def reconnect(self) -> None:
         self.close()
-        self.client = self.target.connect("tail", timeout=BLOCK_MS / 1000 + 10)
+        self.client = self.target.connect("tail", timeout=CLIENT_TIMEOUT_S)
         self.client.ping()
         if self.live:
             self._subscribe()
