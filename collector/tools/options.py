@@ -179,7 +179,7 @@ def filter_options(func: F) -> F:
 
 
 def maxlen_options(func: F) -> F:
-    """The stream caps the emitters use, for headroom and replay trimming."""
+    """The stream caps the emitters use, for the headroom ``health`` judges backlogs by."""
     return _apply(  # type: ignore[no-any-return]
         func,
         [
