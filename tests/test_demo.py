@@ -17,7 +17,7 @@ pytest.importorskip("mlx_lm")
 
 import redis  # noqa: E402
 
-from collector.commands.demo import DemoStats  # noqa: E402
+from collector.commands.demo_stats import DemoStats  # noqa: E402
 from emitters.events import ErrorEvent, GenerationCompleted, GenerationStarted, TokenGenerated  # noqa: E402
 from tests.mlx_fixtures import tiny_model_dir  # noqa: E402,F401 - a fixture, used by name
 

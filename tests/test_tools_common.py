@@ -12,7 +12,9 @@ import redis
 
 from collector.archive import ArchiveStats, archive_files, read_archive
 from collector.cli import COMMANDS
-from collector.tools.common import StoredEvent, event_line, format_age, format_relative, parse_time
+from collector.tools.formatting import event_line, format_age, format_relative
+from collector.tools.reading import StoredEvent
+from collector.tools.times import parse_time
 from emitters.events import ErrorEvent, TokenGenerated
 from tests.test_tools_support import cli, emitters, json_lines
 

@@ -16,8 +16,9 @@ import redis
 
 from collector.embedded import RedisProcess
 from collector.sinks import SinkAuthError
+from collector.tools.health_checks import Thresholds, assess
+from collector.tools.health_snapshot import GroupInfo, Heartbeat, Snapshot, StreamInfo, parse_heartbeat
 from emitters.streams import DEFAULT_EVENTS_MAXLEN
-from collector.tools.health import GroupInfo, Heartbeat, Snapshot, StreamInfo, Thresholds, assess, parse_heartbeat
 from tests.test_tools_support import REPO, cli, emitters, running_collector, wait_for
 
 

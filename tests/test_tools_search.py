@@ -10,7 +10,7 @@ from typing import NamedTuple
 import pytest
 import redis
 
-from collector.tools.common import StoredEvent
+from collector.tools.reading import StoredEvent
 from collector.tools.search import select_rows
 from emitters.events import CustomEvent, decode
 from tests.test_tools_support import SECOND, archived_ids, cli, emitters, json_lines, running_collector, tags_by_id, wait_for

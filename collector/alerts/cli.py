@@ -21,7 +21,10 @@ from collector.alerts.silences import LabelMatcher, Silence, SilenceStore, parse
 from collector.alerts.state import AlertState
 from collector.config import CollectorConfig
 from collector.durations import DurationParam
-from collector.tools.common import Target, ToolGroup, echo, echo_json, format_age, redis_options
+from collector.tools.command import ToolGroup
+from collector.tools.formatting import format_age
+from collector.tools.options import Target, redis_options
+from collector.tools.output import echo, echo_json
 
 __all__ = ["alerts"]
 

@@ -87,7 +87,7 @@ def _check_redis(redis_url: str) -> None:
     """The one error path of every command (collector.redisproblems): one line, exit 2."""
     from collector.exitcodes import Failure
     from collector.redisproblems import RedisProblem, probe
-    from collector.tools.common import url_setting
+    from collector.tools.options import url_setting
 
     try:
         probe(url_setting(click.get_current_context()))

@@ -16,115 +16,26 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import click
-import msgspec
 import redis
 
+from collector.commands.demo_report import alert_count, print_line, print_summary
 from collector.commands.demo_server import DemoServer, ServerStartError, traffic
+from collector.commands.demo_stats import DemoStats, StreamReader
 from collector.config import Config, ConfigError, load_config
 from collector.durations import DurationParam
 from collector.embedded import RedisNotFound, RedisProcess
+from collector.records import parse_id
 from collector.shutdown import StopSignals
-from emitters.events import DecodeError, Event, ValidationError, decode
-from emitters.mlx import percentile
-from emitters.streams import PAYLOAD_FIELD, StreamNames, stream_names
+from emitters.streams import StreamNames, stream_names
 
-__all__ = ["demo", "DemoStats"]
-
-_PAYLOAD_KEY = PAYLOAD_FIELD.encode()
-
-
-# --- what went through the pipeline ---------------------------------------------------------------
-
-
-@dataclass
-class DemoStats:
-    """Aggregates of the events read back from the streams (pure; no I/O)."""
-
-    started: int = 0
-    completed: int = 0
-    errors: int = 0
-    tokens: int = 0
-    ttft_ms: list[float] = field(default_factory=list)
-    decode_tps: list[float] = field(default_factory=list)
-    finish_reasons: dict[str, int] = field(default_factory=dict)
-    error_types: dict[str, int] = field(default_factory=dict)
-    events: int = 0
-    decode_batch_max: int = 0
-    decode_concurrency: Optional[int] = None
-    queue_wait_ms: list[float] = field(default_factory=list)
-    cached_prompt_tokens: int = 0
-    prompt_tokens: int = 0
-
-    def observe(self, event: Event) -> None:
-        self.events += 1
-        kind = event.type
-        if kind == "runtime.status":
-            self.decode_batch_max = max(self.decode_batch_max, event.decode_batch_max or 0)
-            self.decode_concurrency = event.decode_concurrency or self.decode_concurrency
-        elif kind == "generation.started":
-            self.started += 1
-        elif kind == "generation.completed":
-            self.completed += 1
-            self.tokens += event.generation_tokens
-            if event.ttft_ms is not None:
-                self.ttft_ms.append(event.ttft_ms)
-            if event.tokens_per_second is not None:
-                self.decode_tps.append(event.tokens_per_second)
-            self.decode_batch_max = max(self.decode_batch_max, event.decode_batch_max or 0)
-            self.prompt_tokens += event.prompt_tokens
-            self.cached_prompt_tokens += event.cached_prompt_tokens or 0
-            if event.queue_wait_ms is not None:
-                self.queue_wait_ms.append(event.queue_wait_ms)
-            reason = event.finish_reason or "unknown"
-            self.finish_reasons[reason] = self.finish_reasons.get(reason, 0) + 1
-        elif kind == "error":
-            self.errors += 1
-            self.error_types[event.error_type] = self.error_types.get(event.error_type, 0) + 1
-
-    def ttft_percentile(self, pct: float) -> Optional[float]:
-        return percentile(sorted(self.ttft_ms), pct) if self.ttft_ms else None
-
-    def median_decode_tps(self) -> Optional[float]:
-        return statistics.median(self.decode_tps) if self.decode_tps else None
-
-
-class StreamReader:
-    """Reads the events and errors streams forward from a starting id."""
-
-    def __init__(self, client: redis.Redis, names: StreamNames, since_ms: int) -> None:
-        self.client = client
-        self.names = names
-        self.cursor = {names.events: f"{since_ms}-0", names.errors: f"{since_ms}-0"}
-        self.undecodable = 0
-
-    def poll(self, stats: DemoStats, count: int = 1000) -> None:
-        for key in (self.names.events, self.names.errors):
-            while True:
-                entries = self.client.xrange(key, min=f"({self.cursor[key]}", count=count)
-                for entry_id, fields in entries:
-                    self.cursor[key] = entry_id.decode()
-                    try:
-                        stats.observe(decode(fields[_PAYLOAD_KEY]))
-                    except (DecodeError, ValidationError, KeyError):
-                        self.undecodable += 1
-                if len(entries) < count:
-                    break
-
-
-def _fmt_ms(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.1f}ms"
-
-
-# --- the command ----------------------------------------------------------------------------------
+__all__ = ["demo"]
 
 
 def _demo_config(redis_url: str, jsonl_dir: Path, stream_prefix: str) -> Config:
@@ -156,15 +67,9 @@ def _caught_up(client: redis.Redis, group: str, keys: tuple[str, ...]) -> bool:
         except redis.ResponseError:
             continue  # the stream does not exist: nothing to catch up on
         info = groups.get(group.encode()) or groups.get(group)
-        if info is None or info["pending"] or _id(info["last-delivered-id"]) < _id(last):
+        if info is None or info["pending"] or parse_id(info["last-delivered-id"]) < parse_id(last):
             return False
     return True
-
-
-def _id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @click.command(context_settings={"max_content_width": 120})
@@ -251,15 +156,9 @@ class _redis:
 
     def __enter__(self) -> str:
         if self.url:
-            # One error path for every command (#17): the setting, its source and the fix; exit 2.
-            from collector.exitcodes import Failure
-            from collector.redisproblems import RedisProblem, probe
-            from collector.tools.common import url_setting
+            from collector.tools.options import check_redis_url
 
-            try:
-                probe(url_setting(click.get_current_context()))
-            except RedisProblem as exc:
-                raise Failure(str(exc)) from None
+            check_redis_url()
             return self.url
         data_dir = self.scratch / "redis"
         data_dir.mkdir()
@@ -292,8 +191,8 @@ def _run_demo(
     seed: int,
     print_every: float,
 ) -> None:
-    from collector.pipeline import build_collector, leave_group
     from collector.logsetup import configure_logging
+    from collector.pipeline import build_collector, leave_group
     from collector.redisconn import connect
 
     try:
@@ -310,7 +209,7 @@ def _run_demo(
     try:
         stats = DemoStats()
         reader = StreamReader(client, names, since_ms=int(time.time() * 1000))
-        alerts_before = _xlen(client, names.alerts)
+        alerts_before = alert_count(client, names)
         started = time.monotonic()
         click.echo("starting the instrumented mlx_lm.server (python -m emitters.mlx.server) ...")
         try:
@@ -329,14 +228,14 @@ def _run_demo(
         server.fail_a_load()
         running = server
         traffic(running, stop, rate=rate, duration=duration, max_requests=max_requests, print_every=print_every,
-                report=lambda: _print_line(time.monotonic() - started, running, collector, reader, stats,
+                report=lambda: print_line(time.monotonic() - started, running, collector, reader, stats,
                                            client, names, alerts_before))  # fmt: skip
         if stop.is_set():
             click.echo("stopping on signal: letting the collector catch up (a second Ctrl-C exits at once)")
         server.close()
         _wait_for_collector(client, config.collector.group, names, collector, timeout=15.0)
         reader.poll(stats)
-        _print_summary(time.monotonic() - started, server, collector, stats, client, names, alerts_before, jsonl_dir)
+        print_summary(time.monotonic() - started, server, collector, stats, client, names, alerts_before, jsonl_dir)
     finally:
         if server is not None:
             server.stop()
@@ -345,31 +244,6 @@ def _run_demo(
         # The demo's group is its own: left behind it would hold back trimming and degrade `health`.
         leave_group(client, config)
         client.close()
-
-
-def _xlen(client: redis.Redis, key: str) -> int:
-    return int(client.xlen(key))
-
-
-def _print_line(
-    elapsed: float,
-    server: DemoServer,
-    collector: Any,
-    reader: StreamReader,
-    stats: DemoStats,
-    client: redis.Redis,
-    names: StreamNames,
-    alerts_before: int,
-) -> None:
-    reader.poll(stats)
-    click.echo(
-        f"[{elapsed:6.1f}s] requests {server.requests:4d}  completed {stats.completed:4d}  "
-        f"errors {stats.errors:3d}  events {stats.events / max(elapsed, 1e-9):7.0f}/s  "
-        f"batch max {stats.decode_batch_max:2d}  "
-        f"TTFT p50 {_fmt_ms(stats.ttft_percentile(50))} p95 {_fmt_ms(stats.ttft_percentile(95))}  "
-        f"tokens {stats.tokens / max(elapsed, 1e-9):6.0f}/s  collected {collector.counters.acked:5d}  "
-        f"alerts {_xlen(client, names.alerts) - alerts_before}"
-    )
 
 
 def _wait_for_collector(
@@ -383,62 +257,3 @@ def _wait_for_collector(
         pause.wait(0.1)
     click.echo("the collector did not catch up in time; what it has not acked stays pending in Redis", err=True)
 
-
-def _print_summary(
-    elapsed: float,
-    server: DemoServer,
-    collector: Any,
-    stats: DemoStats,
-    client: redis.Redis,
-    names: StreamNames,
-    alerts_before: int,
-    jsonl_dir: Path,
-) -> None:
-    from collector.sinks.jsonl import segment_files
-
-    click.echo("")
-    click.echo(f"demo finished after {elapsed:.1f}s")
-    click.echo(
-        f"  requests        {server.requests} sent over HTTP, {stats.completed} completed, {stats.errors} errors "
-        f"({', '.join(f'{name} x{count}' for name, count in sorted(stats.error_types.items())) or 'none'})"
-    )
-    click.echo(
-        f"  finish reasons  {', '.join(f'{k} x{v}' for k, v in sorted(stats.finish_reasons.items())) or '-'}"
-    )
-    click.echo(
-        f"  TTFT            p50 {_fmt_ms(stats.ttft_percentile(50))}  p95 {_fmt_ms(stats.ttft_percentile(95))}"
-    )
-    tps = stats.median_decode_tps()
-    click.echo(
-        f"  tokens          {stats.tokens} generated, {stats.tokens / max(elapsed, 1e-9):.0f}/s overall, "
-        f"{'-' if tps is None else f'{tps:.0f}'}/s per generation (median)"
-    )
-    queue = percentile(sorted(stats.queue_wait_ms), 50) if stats.queue_wait_ms else None
-    click.echo(
-        f"  batching        largest decode batch {stats.decode_batch_max}"
-        f" (--decode-concurrency {stats.decode_concurrency or '-'}), queue wait p50 {_fmt_ms(queue)}, "
-        f"prompt cache hits {stats.cached_prompt_tokens}/{stats.prompt_tokens} prompt tokens"
-    )
-    click.echo(
-        f"  events          {stats.events} read back from the streams ({stats.events / max(elapsed, 1e-9):.0f}/s, "
-        f"token events on the live channel); collector acked {collector.counters.acked}"
-    )
-    alerts = client.xrange(names.alerts, min="-", max="+")[alerts_before:]
-    click.echo(f"  alerts fired    {len(alerts)} (stream {names.alerts})")
-    for _, fields in alerts[-5:]:
-        click.echo(f"    - {_alert_text(fields)}")
-    click.echo(f"  JSONL           {jsonl_dir}")
-    for stem in ("events", "errors", "alerts"):
-        for path in segment_files(jsonl_dir, stem)[-1:]:
-            click.echo(f"    {path}")
-
-
-def _alert_text(fields: dict[bytes, bytes]) -> str:
-    """One line for an ``{prefix}:alerts`` entry (an ``alert`` field holding a JSON AlertRecord)."""
-    from collector.alerts.records import AlertRecord
-
-    try:
-        record = msgspec.json.decode(fields[b"alert"], type=AlertRecord)
-    except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
-        return "(an alert entry this demo cannot read)"
-    return f"{record.rule} [{record.status}] {record.summary}"

@@ -17,7 +17,7 @@ from collector.http.figures import Daemon
 from collector.http.metrics import EventMetrics
 from collector.http.server import HttpServer, LiveView
 from collector.records import Record
-from collector.tools.common import Target
+from collector.tools.options import Target
 
 __all__ = ["MetricsSink", "CollectorHttp"]
 

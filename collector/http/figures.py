@@ -16,8 +16,8 @@ from typing import Iterator, Mapping, NamedTuple, Optional, Protocol
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from collector.tools.common import Target
-from collector.tools.health import Snapshot, take_snapshot
+from collector.tools.health_snapshot import Snapshot, take_snapshot
+from collector.tools.options import Target
 
 __all__ = ["Daemon", "CollectorFigures", "PipelineFigures", "PAUSED_STATUSES"]
 

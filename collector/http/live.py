@@ -13,7 +13,9 @@ import redis
 import structlog
 
 from collector.http.metrics import EventMetrics
-from collector.tools.common import EventFilter, StoredEvent, Target
+from collector.tools.filters import EventFilter
+from collector.tools.options import Target
+from collector.tools.reading import StoredEvent
 from collector.tools.tail import Follower
 
 __all__ = ["follow", "matching", "StreamFeed", "BLOCK_MS", "LIVE_BLOCK_MS"]

@@ -34,7 +34,8 @@ from collector.http import views
 from collector.http.figures import PAUSED_STATUSES, Daemon, PipelineFigures
 from collector.http.live import follow, matching
 from collector.http.metrics import EventMetrics
-from collector.tools.common import EventFilter, Target
+from collector.tools.filters import EventFilter
+from collector.tools.options import Target
 
 __all__ = ["LiveView", "HttpServer", "TOKEN_COOKIE"]
 

@@ -21,7 +21,8 @@ from collector.http.live import StreamFeed
 from collector.http.metrics import EventMetrics
 from collector.http.server import HttpServer, LiveView
 from collector.logsetup import configure_logging
-from collector.tools.common import Target, ToolCommand, url_setting
+from collector.tools.command import ToolCommand
+from collector.tools.options import Target, url_setting
 
 __all__ = ["ui"]
 

@@ -15,10 +15,12 @@ from collector.alerts.silences import SilenceStore, silenced_by
 from collector.alerts.state import AlertState
 from collector.durations import Duration
 from collector.http.figures import CollectorFigures
-from collector.tools.common import StoredEvent, event_json, iso_time, read_stream, stream_events
 from collector.tools.errors import group_errors
-from collector.tools.health import Snapshot
+from collector.tools.formatting import event_json
+from collector.tools.health_snapshot import Snapshot
+from collector.tools.reading import StoredEvent, read_stream, stream_events
 from collector.tools.timeline import build_timeline, timeline_json
+from collector.tools.times import iso_time
 from emitters.events import ErrorEvent, GenerationCompleted, ModelLoaded, ModelUnloaded, RuntimeStatus
 from emitters.streams import StreamNames
 

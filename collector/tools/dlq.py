@@ -20,18 +20,13 @@ import click
 import msgspec
 import redis
 
-from collector.tools.common import (
-    PAGE_SIZE,
-    Target,
-    ToolGroup,
-    echo,
-    echo_json,
-    format_age,
-    format_bytes,
-    iso_time,
-    redis_options,
-    warn,
-)
+from collector.records import parse_id
+from collector.tools.command import ToolGroup
+from collector.tools.formatting import format_age, format_bytes
+from collector.tools.options import Target, redis_options
+from collector.tools.output import echo, echo_json, warn
+from collector.tools.reading import paged_entries
+from collector.tools.times import NS_PER_MS, iso_time
 from emitters.events import DecodeError, Event, decode
 from emitters.streams import PAYLOAD_FIELD, SKIP_SINKS_FIELD, StreamNames
 
@@ -160,7 +155,7 @@ def _letter_json(letter: DeadLetterEntry, *, full: bool) -> dict[str, Any]:
         "id": letter.origin_id,
         "size": letter.size,
         "truncated": letter.truncated,
-        "dead_at": iso_time(letter.dead_at_ms * 1_000_000) if letter.dead_at_ms is not None else None,
+        "dead_at": iso_time(letter.dead_at_ms * NS_PER_MS) if letter.dead_at_ms is not None else None,
         "consumer": letter.consumer,
         "event": msgspec.to_builtins(event) if event is not None else None,
         "decode_error": problem,
@@ -172,14 +167,8 @@ def _letter_json(letter: DeadLetterEntry, *, full: bool) -> dict[str, Any]:
 
 
 def _letters(client: redis.Redis, key: str) -> Iterator[DeadLetterEntry]:
-    start = "-"
-    while True:
-        entries = client.xrange(key, min=start, count=PAGE_SIZE)
-        for entry_id, raw in entries:
-            yield parse_dead_letter(entry_id.decode(), raw)
-        if len(entries) < PAGE_SIZE:
-            return
-        start = "(" + entries[-1][0].decode()
+    for entry_id, raw in paged_entries(client, key):
+        yield parse_dead_letter(entry_id.decode(), raw)
 
 
 def _fetch(client: redis.Redis, key: str, dlq_id: str) -> Optional[DeadLetterEntry]:
@@ -366,9 +355,9 @@ def purge(target: Target, dlq_ids: tuple[str, ...], yes: bool) -> None:
                 purged = client.xdel(key, *found)
             else:
                 assert newest is not None
-                ms, _, seq = newest.partition("-")
+                ms, seq = parse_id(newest)
                 # MINID drops entries strictly below it: everything up to and including `newest`.
-                purged = client.xtrim(key, minid=f"{ms}-{int(seq) + 1}", approximate=False)
+                purged = client.xtrim(key, minid=f"{ms}-{seq + 1}", approximate=False)
     finally:
         client.close()
     if target.as_json:

@@ -10,26 +10,13 @@ import click
 import msgspec
 
 from collector.durations import Duration, DurationParam, format_duration
-from collector.tools.common import (
-    NS_PER_S,
-    EventFilter,
-    ReadStats,
-    StoredEvent,
-    Target,
-    TimeParam,
-    ToolCommand,
-    archive_events,
-    archive_option,
-    check_window,
-    echo,
-    echo_json,
-    filter_options,
-    format_age,
-    iso_time,
-    redis_options,
-    stream_events,
-    warn,
-)
+from collector.tools.command import ToolCommand
+from collector.tools.filters import EventFilter
+from collector.tools.formatting import format_age
+from collector.tools.options import Target, archive_option, filter_options, redis_options
+from collector.tools.output import echo, echo_json, warn
+from collector.tools.reading import ReadStats, StoredEvent, archive_events, stream_events
+from collector.tools.times import NS_PER_S, TimeParam, check_window, iso_time
 from emitters.events import SEVERITY_RANK, ErrorEvent, Event
 from emitters.fingerprint import fingerprint, message_template
 

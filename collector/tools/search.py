@@ -8,25 +8,13 @@ from typing import Iterable, Optional
 
 import click
 
-from collector.tools.common import (
-    EventFilter,
-    ReadStats,
-    StoredEvent,
-    Target,
-    TimeParam,
-    ToolCommand,
-    archive_events,
-    archive_option,
-    check_window,
-    echo,
-    echo_json,
-    event_json,
-    event_line,
-    filter_options,
-    redis_options,
-    stream_events,
-    warn,
-)
+from collector.tools.command import ToolCommand
+from collector.tools.filters import EventFilter
+from collector.tools.formatting import event_json, event_line
+from collector.tools.options import Target, archive_option, filter_options, redis_options
+from collector.tools.output import echo, echo_json, warn
+from collector.tools.reading import ReadStats, StoredEvent, archive_events, stream_events
+from collector.tools.times import TimeParam, check_window
 
 __all__ = ["search", "select_rows"]
 

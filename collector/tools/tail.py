@@ -19,37 +19,26 @@ import click
 import redis
 
 from collector.durations import Duration, DurationParam
+from collector.records import parse_id
 from collector.redisconn import redact_url
-from collector.tools.common import (
-    EventFilter,
-    StoredEvent,
-    Target,
-    ToolCommand,
-    decode_entry,
-    echo,
-    echo_json,
-    event_json,
-    event_line,
-    filter_options,
-    redis_options,
-    warn,
-)
+from collector.tools.command import ToolCommand
+from collector.tools.filters import EventFilter
+from collector.tools.formatting import event_json, event_line
+from collector.tools.options import Target, filter_options, redis_options
+from collector.tools.output import echo, echo_json, warn
+from collector.tools.reading import StoredEvent, decode_entry
 from emitters.events import DecodeError
 from emitters.streams import StreamNames, decode_live
 
-__all__ = ["tail", "entry_order", "Follower"]
+__all__ = ["tail", "Follower"]
 
 # XREAD blocks this long at most; with --live the pub/sub channel is drained in between.
 BLOCK_MS = 1000
 LIVE_BLOCK_MS = 100
 READ_COUNT = 500
 MAX_BACKOFF_S = 5.0
-
-
-def entry_order(stream_id: str) -> tuple[int, int]:
-    """Sort key of a stream id: the tie-break between events with the same ``ts``."""
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
+# The socket timeout outlasts the longest XREAD block.
+CLIENT_TIMEOUT_S = BLOCK_MS / 1000 + 10
 
 
 class Follower:
@@ -59,7 +48,7 @@ class Follower:
         self.target = target
         self.names: StreamNames = target.names
         self.live = live
-        self.client = target.connect("tail", timeout=BLOCK_MS / 1000 + 10)
+        self.client = target.connect("tail", timeout=CLIENT_TIMEOUT_S)
         self.pubsub: Optional[redis.client.PubSub] = None
         # Errors first: XREAD returns streams in the order asked.
         self.last_ids: dict[str, str] = {
@@ -94,7 +83,7 @@ class Follower:
             # Drained after the XREAD: a token published before a stream entry
             # is already buffered by then, and sorting on ts puts it first.
             rows.extend(self._drain_live(undecodable))
-        rows.sort(key=lambda row: (row.event.ts, entry_order(row.stream_id or "0-0")))
+        rows.sort(key=lambda row: (row.event.ts, parse_id(row.stream_id or "0-0")))
         return rows
 
     def _drain_live(self, undecodable: list[str]) -> list[StoredEvent]:
@@ -109,7 +98,7 @@ class Follower:
 
     def reconnect(self) -> None:
         self.close()
-        self.client = self.target.connect("tail", timeout=BLOCK_MS / 1000 + 10)
+        self.client = self.target.connect("tail", timeout=CLIENT_TIMEOUT_S)
         self.client.ping()
         if self.live:
             self._subscribe()

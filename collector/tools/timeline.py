@@ -9,27 +9,12 @@ import click
 import msgspec
 
 from collector.durations import Duration, DurationParam, format_duration
-from collector.tools.common import (
-    NS_PER_MS,
-    ReadStats,
-    StoredEvent,
-    Target,
-    TimeParam,
-    ToolCommand,
-    archive_events,
-    archive_option,
-    check_window,
-    echo,
-    echo_json,
-    event_details,
-    event_json,
-    format_age,
-    format_relative,
-    iso_time,
-    redis_options,
-    severity_label,
-    stream_events,
-)
+from collector.tools.command import ToolCommand
+from collector.tools.formatting import event_details, event_json, format_age, format_relative, severity_label
+from collector.tools.options import Target, archive_option, redis_options
+from collector.tools.output import echo, echo_json
+from collector.tools.reading import ReadStats, StoredEvent, archive_events, stream_events
+from collector.tools.times import NS_PER_MS, NS_PER_S, TimeParam, check_window, iso_time
 from emitters.events import Event, is_error
 
 __all__ = ["timeline", "IdKind", "matched_by", "Step", "Timeline", "build_timeline", "timeline_json"]
@@ -139,7 +124,7 @@ def _print_timeline(wanted: str, timeline: Timeline, gap: Duration) -> None:
     first = timeline.steps[0].row.event
     echo(
         click.style(f"Timeline of {'/'.join(timeline.matched_by)} {wanted}", bold=True)
-        + f": {len(timeline.steps)} events over {format_age(timeline.duration_ns / 1e9)} from {iso_time(first.ts)},"
+        + f": {len(timeline.steps)} events over {format_age(timeline.duration_ns / NS_PER_S)} from {iso_time(first.ts)},"
         + f" services {' -> '.join(timeline.services)}, "
         + (click.style(f"{timeline.gaps} gap(s) over {format_duration(gap)}", fg="yellow", bold=True) if timeline.gaps else "no gaps")
     )
@@ -213,7 +198,7 @@ def timeline(
             ),
             correlation_id,
             kind,
-            round(gap * 1e9),
+            round(gap * NS_PER_S),
         )
     finally:
         client.close()
