@@ -14,6 +14,7 @@ depend on how batches were cut or when scrapes came.
 from __future__ import annotations
 
 import struct
+from collections import defaultdict
 from typing import Iterator, Optional
 
 import numpy as np
@@ -159,12 +160,9 @@ class Generations:
         if models.count(models[0]) == count and services.count(services[0]) == count:
             self._get(models[0], services[0]).add(completed)
             return
-        parts: dict[tuple[str, str], list[GenerationCompleted]] = {}
+        parts: defaultdict[tuple[str, str], list[GenerationCompleted]] = defaultdict(list)
         for key, event in zip(zip(models, services), completed):
-            part = parts.get(key)
-            if part is None:
-                part = parts[key] = []
-            part.append(event)
+            parts[key].append(event)
         for (model, service), part in parts.items():
             self._get(model, service).add(part)
 
