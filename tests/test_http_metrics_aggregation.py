@@ -25,6 +25,7 @@ ENVELOPE = {"id": "0" * 32, "ts": 1_700_000_000_000_000_000, "host": "h", "pid":
 TTFT, TPOT, DURATION, USAGE = HISTOGRAMS
 MS_BOUNDS = [bound * 1000.0 for name in (TTFT, DURATION) for bound in HISTOGRAMS[name][1]]
 TOKEN_BOUNDS = [int(bound) + delta for bound in HISTOGRAMS[USAGE][1] for delta in (-1, 0, 1)]
+HUGE_TOKENS = [2**63, 2**64 - 1]  # past int64: msgpack carries them, the collector must not choke
 
 
 class Exposition:
@@ -83,12 +84,12 @@ def expected(events: Sequence[Event]) -> Samples:
         for bound in (*HISTOGRAMS[name][1], float("inf")):
             le = floatToGoString(bound)
             samples[(f"{name}_bucket", frozenset({**label_set, "le": le}.items()))] = sum(v <= bound for v in observed)
-        total = 0.0
+        total: float = 0  # token counts add up exactly, as ints
         for value in observed:
             total += value
         samples[(f"{name}_count", frozenset(label_set.items()))] = len(observed)
         samples[(f"{name}_sum", frozenset(label_set.items()))] = total
-    return samples
+    return {key: float(value) for key, value in samples.items()}  # the text carries floats
 
 
 def completed(
@@ -106,8 +107,16 @@ def completed(
     )  # fmt: skip
 
 
+def random_generation(rng: random.Random) -> GenerationCompleted:
+    ttft_ms = rng.choice([None, rng.lognormvariate(4, 2)])
+    tokens = (rng.randint(0, 5000), rng.randint(0, 900))
+    service = rng.choice(["engine-a", "engine-b", "engine-c"])
+    reason = rng.choice(["stop", "length"])
+    return completed(rng.choice(["llama", "qwen"]), service, rng.lognormvariate(6, 2), ttft_ms, tokens, reason)
+
+
 milliseconds = st.one_of(st.sampled_from(MS_BOUNDS), st.floats(0, 1e6, allow_nan=False, allow_infinity=False))
-token_counts = st.one_of(st.sampled_from(TOKEN_BOUNDS), st.integers(0, 2**40))
+token_counts = st.one_of(st.sampled_from(TOKEN_BOUNDS), st.integers(0, 2**40), st.sampled_from(HUGE_TOKENS))
 generations = st.builds(
     completed,
     model=st.sampled_from(["llama", "qwen"]),
@@ -119,7 +128,10 @@ generations = st.builds(
     severity=st.sampled_from(["info"] * 9 + ["error"]),
 )
 others = st.one_of(
-    st.builds(lambda service: ErrorEvent(**ENVELOPE, service=service, message="m", error_type="ValueError"), st.sampled_from(["engine-a", "engine-b"])),
+    st.builds(
+        lambda service: ErrorEvent(**ENVELOPE, service=service, message="m", error_type="ValueError"),
+        st.sampled_from(["engine-a", "engine-b"]),
+    ),
     st.just(GenerationStarted(**ENVELOPE, service="engine-a", model="llama", request_id="r")),
 )
 
@@ -131,7 +143,9 @@ class TestEventMetrics:
         cuts=st.lists(st.integers(1, 25), max_size=8),
         scrape_after=st.sets(st.integers(0, 8)),
     )
-    def test_series_match_one_observation_per_event(self, events: list[Event], cuts: list[int], scrape_after: set[int]) -> None:
+    def test_series_match_one_observation_per_event(
+        self, events: list[Event], cuts: list[int], scrape_after: set[int]
+    ) -> None:
         """Buckets, counts and sums equal the per-event definitions exactly, however batches are cut and scraped."""
         exposition = Exposition()
         start = 0
@@ -145,14 +159,7 @@ class TestEventMetrics:
     def test_folding_thousands_at_a_time_changes_no_byte(self) -> None:
         """Past the fold size, in batches of any size with scrapes between: the text of one event at a time."""
         rng = random.Random(15)
-        events = [
-            completed(
-                rng.choice(["llama", "qwen"]), rng.choice(["engine-a", "engine-b", "engine-c"]), rng.lognormvariate(6, 2),
-                rng.choice([None, rng.lognormvariate(4, 2)]), (rng.randint(0, 5000), rng.randint(0, 900)),
-                rng.choice(["stop", "length"]),
-            )  # fmt: skip
-            for _ in range(3 * FOLD_AT)
-        ]
+        events = [random_generation(rng) for _ in range(3 * FOLD_AT)]
         one_by_one, batched = Exposition(), Exposition()
         for event in events:
             one_by_one.metrics.observe([event])

@@ -90,7 +90,10 @@ class _Histogram:
         """``total``: the exact sum of integer values (token counts); other values are summed in order."""
         if values.size:
             self.counts += np.bincount(np.searchsorted(self.bounds, values), minlength=self.counts.size)
-            self.sum = self.sum + total if total is not None else float(np.cumsum(np.concatenate(([self.sum], values)))[-1])
+            if total is None:  # one addition after another, from the running sum on
+                self.sum = float(np.cumsum(np.concatenate(([self.sum], values)))[-1])
+            else:
+                self.sum += total
 
     def exposed(self) -> tuple[list[tuple[str, float]], float]:
         """Cumulative ``le`` buckets and the sum, as HistogramMetricFamily.add_metric takes them."""

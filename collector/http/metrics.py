@@ -30,7 +30,15 @@ from typing import Any, Callable, Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from collector.http.generations import Generations
-from emitters.events import SEVERITY_RANK, ClientReport, CustomEvent, ErrorEvent, Event, GenerationCompleted, RuntimeStatus
+from emitters.events import (
+    SEVERITY_RANK,
+    ClientReport,
+    CustomEvent,
+    ErrorEvent,
+    Event,
+    GenerationCompleted,
+    RuntimeStatus,
+)
 
 __all__ = ["EventMetrics", "CLIENT_REPORT"]
 
@@ -98,7 +106,8 @@ class EventMetrics:
         kinds = list(map(type, events))
         typical = kinds.count(GenerationCompleted) == len(events)
         completed = events if typical else [event for event, kind in zip(events, kinds) if kind is GenerationCompleted]
-        errors = (not typical and ErrorEvent in kinds) or not _ERROR_SEVERITIES.isdisjoint({event.severity for event in events})
+        severities = {event.severity for event in events}
+        errors = (not typical and ErrorEvent in kinds) or not _ERROR_SEVERITIES.isdisjoint(severities)
         with self._lock:
             if completed:
                 self._generations.observe(completed)  # type: ignore[arg-type]
