@@ -46,6 +46,7 @@ CLIENT_REPORT = "client.report"
 # What goes to the error stream besides `error` events (emitters.events.is_error).
 _ERROR_SEVERITIES = frozenset(name for name, rank in SEVERITY_RANK.items() if rank >= SEVERITY_RANK["error"])
 GB = 1024**3
+_TYPICAL = frozenset({GenerationCompleted})
 
 _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mlx_errors": ("Error events (type error or severity >= error), by error type.", ("service", "error_type")),
@@ -103,18 +104,20 @@ class EventMetrics:
         """One delivered batch. Typical traffic is all ``generation.completed``: whole-batch checks in C."""
         if not events:
             return
-        kinds = list(map(type, events))
-        typical = kinds.count(GenerationCompleted) == len(events)
-        completed = events if typical else [event for event, kind in zip(events, kinds) if kind is GenerationCompleted]
+        kinds = set(map(type, events))
+        if kinds == _TYPICAL:
+            completed = events
+        else:
+            completed = [event for event in events if type(event) is GenerationCompleted]
         severities = {event.severity for event in events}
-        errors = (not typical and ErrorEvent in kinds) or not _ERROR_SEVERITIES.isdisjoint(severities)
+        errors = ErrorEvent in kinds or not _ERROR_SEVERITIES.isdisjoint(severities)
         with self._lock:
             if completed:
                 self._generations.observe(completed)  # type: ignore[arg-type]
-            if not typical:
+            if not kinds.isdisjoint(self._handlers):
                 handlers = self._handlers
-                for event, kind in zip(events, kinds):
-                    handler = handlers.get(kind)
+                for event in events:
+                    handler = handlers.get(type(event))
                     if handler is not None:
                         handler(event)
             if errors:
