@@ -17,6 +17,9 @@ short (``model``, ``service``, ``token_type``):
 ``telemetry_emitter_dropped_total``              ``client.report`` drops per engine and reason
 ==============================================  =======================================================
 
+The generation series (histograms, requests, tokens) live in :mod:`.generations`,
+bucketed a column at a time; this module routes each batch and keeps the rest.
+
 Each collector observes only the entries the consumer group hands it, so
 counters and histograms of several collectors add up: ``sum without
 (instance)``. The per-engine gauges are last values: ``max without (instance)``.
