@@ -33,7 +33,7 @@ class MetricsSink:
         self.metrics = metrics
 
     def write(self, batch: Sequence[Record]) -> None:
-        self.metrics.observe(record.event for record in batch)
+        self.metrics.observe([record.event for record in batch])
 
     def flush(self) -> None:
         """Nothing is buffered."""

@@ -70,7 +70,7 @@ class StreamFeed:
                 self.following.set()
                 try:
                     while not self.stop.is_set():
-                        self.metrics.observe(row.event for row in follower.read(BLOCK_MS, []))
+                        self.metrics.observe([row.event for row in follower.read(BLOCK_MS, [])])
                 finally:
                     follower.close()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
