@@ -98,7 +98,8 @@ class AckedTrim(TrimStrategy):
     name = "acked"
 
     def trim(self, key: str, cutoff: StreamId, *, crowded: bool) -> tuple[int, str, bool]:
-        read = min((_after(group["last-delivered-id"]) for group in self._redis.xinfo_groups(key)), default=_NONE_UNREAD)
+        groups = self._redis.xinfo_groups(key)
+        read = min((_after(group["last-delivered-id"]) for group in groups), default=_NONE_UNREAD)
         minid = read if crowded else min(cutoff, read)
         text = _id_text(minid)
         removed = self._redis.execute_command("XTRIM", key, "MINID", "=", text, "ACKED")
@@ -106,7 +107,7 @@ class AckedTrim(TrimStrategy):
 
 
 def acked_trim_safe(version: str) -> bool:
-    """Whether a server that accepts ACKED (see :func:`probe`) may be given it: not 8.2.0."""
+    """Whether a server that accepts ACKED (see :func:`probe`) may be given it: 8.2.1 and later."""
     parts: list[int] = []
     for part in version.split(".")[:3]:
         if not part.isdigit():

@@ -35,6 +35,7 @@ from tests.support.stream_entries import (
     GROUP,
     NAMES,
     add_events,
+    add_old_events,
     custom_event,
     dead_letters,
     envelope,
@@ -48,15 +49,6 @@ MiB = 1024 * 1024
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def add_old_events(client: redis.Redis, count: int, *, age_s: float) -> None:
-    """Events with entry ids from ``age_s`` ago, as if they had waited in the stream that long."""
-    old_ms = int((time.time() - age_s) * 1000)
-    pipe = client.pipeline(transaction=False)
-    for n in range(count):
-        pipe.xadd(NAMES.events, {"event": encode(custom_event(n))}, id=f"{old_ms + n}-0")
-    pipe.execute()
 
 
 def read_and_crash(client: redis.Redis, consumer: str, count: Optional[int] = None) -> None:

@@ -9,13 +9,21 @@ daemon (tests/test_daemon.py TestCollectorHousekeeping, tests/test_loss_trimming
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import redis
 from structlog.testing import capture_logs
 
+from collector.daemon import Collector
 from collector.embedded import RedisProcess
 from collector.trimming import AckFloorTrim, StreamTrimmer, acked_trim_safe, probe
 from emitters.streams import stream_names
+from tests.support.inprocess_collector import RecordingSink, heartbeat, make_config, running
 from tests.support.redis_versions import versioned_redis  # noqa: F401  (fixture)
+from tests.support.stream_entries import add_old_events
+from tests.support.tool_runs import cli
+from tests.support.waiting import wait_for
 
 NAMES = stream_names("telemetry")
 STREAMS = (("errors", NAMES.errors), ("events", NAMES.events))
@@ -63,6 +71,27 @@ class TestProbe:
         chosen = [entry for entry in logs if entry["event"] == "trim_strategy"]
         assert [entry["strategy"] for entry in chosen] == ["ack-floor"]
         assert trimmer.strategy_name == "ack-floor"
+        client.close()
+
+
+class TestCollectorTrimming:
+    def test_the_daemon_shows_its_strategy_and_still_trims_only_acked_entries(
+        self, versioned_redis: RedisProcess, tmp_path: Path
+    ) -> None:
+        """The running collector probes once, says ``ack-floor`` in its log, heartbeat and ``health --json``,
+        and its retention trim removes old entries once acked (on 7.0 and on 6.2)."""
+        client = versioned_redis.client()
+        add_old_events(client, 300, age_s=2 * 3600)
+        config = make_config(versioned_redis.url, tmp_path, events_retention="1h", trim_interval="200ms")
+        collector = Collector(config, sinks=[RecordingSink()])
+        with capture_logs() as logs, running(collector):
+            wait_for(lambda: client.xlen(NAMES.events) < 300, what="old entries trimmed")
+            wait_for(lambda: heartbeat(client, collector).get("trim_strategy") == "ack-floor", what="heartbeat")
+            result = cli("health", "--redis-url", versioned_redis.url, "--json")
+        assert collector.counters.acked == 300
+        assert [entry["strategy"] for entry in logs if entry["event"] == "trim_strategy"] == ["ack-floor"]
+        (beat,) = json.loads(result.stdout)["collectors"]
+        assert beat["trim_strategy"] == "ack-floor"
         client.close()
 
 

@@ -52,6 +52,15 @@ def add_events(client: redis.Redis, events: Sequence[Any], stream: str = NAMES.e
     return pipe.execute()
 
 
+def add_old_events(client: redis.Redis, count: int, *, age_s: float) -> None:
+    """Events with entry ids from ``age_s`` ago, as if they had waited in the stream that long."""
+    old_ms = int((time.time() - age_s) * 1000)
+    pipe = client.pipeline(transaction=False)
+    for n in range(count):
+        pipe.xadd(NAMES.events, {"event": encode(custom_event(n))}, id=f"{old_ms + n}-0")
+    pipe.execute()
+
+
 def jsonl_ids(*directories: Path) -> collections.Counter[str]:
     """How often each event id appears in the events-/errors- JSONL files."""
     seen: collections.Counter[str] = collections.Counter()
