@@ -47,12 +47,14 @@ from collector.deadletter import DeadLetter, dead_letter_fields
 from collector.keepalive import KeepAlive
 from collector.loss import LossBook
 from collector.readahead import ReadAhead
-from collector.records import Record, StreamKind, parse_id
+from collector.records import Record, StreamKind
 from collector.redisconn import connect, redact_url
 from collector.refusals import REFUSAL_ACTIONS, refusal
 from collector.sdnotify import SystemdNotifier
 from collector.sinks import Sink, SinkAuthError, SinkError, SinkRejected, SinkUnavailable
 from collector.sinks.jsonl import JsonlSink
+from collector.trimming import ACKED_TRIM_RATIO as _ACKED_TRIM_RATIO
+from collector.trimming import StreamTrimmer
 from emitters.streams import PAYLOAD_FIELD, stream_names
 
 if TYPE_CHECKING:
@@ -79,8 +81,6 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
 end
 return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
-# Past this share of the emitters' cap the collector trims every acked entry, whatever its age.
-_ACKED_TRIM_RATIO = 0.5
 # The collector's waits for Redis to come back (or accept writes again) stop growing here,
 # whatever max_backoff says: emitters flush their backlog within seconds of Redis returning,
 # and the group must be there to receive it.
@@ -273,6 +273,11 @@ class Collector:
         self.losses = LossBook(
             self._redis, self.names, self.group, kind_of={key: kind for kind, key in self.streams}.get,
             alert_engine=alert_engine,
+        )  # fmt: skip
+        self.trimmer = StreamTrimmer(
+            self._redis, config.redis.stream_prefix, self.streams, retention=self._retention,
+            cap=lambda kind: self.losses.caps.get(kind) or self._maxlen[kind],
+            connection_epoch=lambda: self.counters.reconnects,  # a reconnect may meet another server: probe again
         )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -802,6 +807,7 @@ class Collector:
             "last_seen": round(time.time(), 3),
             "status": self.status,
             "refusal": self._refusal or "",
+            "trim_strategy": self.trimmer.strategy_name,
             **self.counters.as_dict(),
         }
         for kind, lost in self.losses.totals.items():
@@ -869,38 +875,7 @@ class Collector:
         (self._at_risk.add if at_risk else self._at_risk.discard)(kind)
 
     def _trim(self) -> None:
-        """``XTRIM MINID ~`` by age, never past an entry some group has not acked or read.
-
-        Past half the emitters' cap every acked entry goes, whatever its age: routine
-        trimming is ours, so their guard only ever meets entries nobody could deliver.
-        """
-        now_ms = int(time.time() * 1000)
-        for kind, key in self.streams:
-            retention = self._retention[kind]
-            cap = self.losses.caps.get(kind) or self._maxlen[kind]
-            length = self._redis.xlen(key)
-            crowded = bool(cap) and length > cap * _ACKED_TRIM_RATIO
-            if not length or (retention <= 0 and not crowded):
-                continue  # an empty stream may not even exist (a Redis restart): the next read recreates it
-            floor = self._oldest_unprocessed(key)
-            cutoff = (now_ms - int(retention * 1000), 0) if retention > 0 else (0, 0)
-            minid = floor if crowded else min(cutoff, floor)
-            text = f"{minid[0]}-{minid[1]}"
-            removed = self._redis.xtrim(key, minid=text, approximate=True)
-            (log.info if removed else log.debug)(
-                "stream_trimmed", stream=key, removed=removed, minid=text, held_back=minid < cutoff
-            )
-
-    def _oldest_unprocessed(self, key: str) -> tuple[int, int]:
-        floor = (2**63, 0)
-        for group in self._redis.xinfo_groups(key):
-            last = parse_id(group["last-delivered-id"])
-            floor = min(floor, (last[0], last[1] + 1))
-            if group.get("pending"):
-                summary = self._redis.xpending(key, group["name"])
-                if summary.get("min"):
-                    floor = min(floor, parse_id(summary["min"]))
-        return floor
+        self.trimmer.trim()  # collector/trimming.py: by age, and every acked entry once crowded
 
     def _remove_idle_consumers(self) -> None:
         idle_ms = int(self.settings.consumer_idle_timeout * 1000)

@@ -20,7 +20,7 @@ from collector.otlp.config import OtlpConfig
 from collector.otlp.transport import ExportResult, Rejected
 from collector.sinks import SinkUnavailable
 from tests.support.alerts import FakeClock, LogCapture, Receiver, alerts_config, error_event, make_stage, records, stream_alerts
-from tests.test_tools_support import wait_for
+from tests.support.waiting import wait_for
 from tests.otlp_backend import TOKEN, OtlpBackend, attributes, otlp_backend  # noqa: F401 - fixture
 
 

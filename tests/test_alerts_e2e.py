@@ -21,8 +21,8 @@ from emitters import Emitter
 from emitters.events import Event
 from tests.support.alert_processes import NAMES, add, alerts_of, clean_env, collectors, drained, settle  # noqa: F401 - fixture
 from tests.support.alerts import Receiver, custom, error_event
-from tests.test_deploy import console_script
-from tests.test_tools_support import wait_for
+from tests.support.installed import console_script
+from tests.support.waiting import wait_for
 
 def criticals(count: int, service: str = "api") -> list[Event]:
     return [error_event(time.time(), service=service, severity="critical", message=f"fatal #{n}") for n in range(count)]

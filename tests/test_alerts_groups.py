@@ -17,8 +17,8 @@ from collector.embedded import RedisProcess
 from emitters.events import Event
 from tests.support.alert_processes import GROUP, NAMES, add, alerts_of, clean_env, collectors, settle  # noqa: F401 - fixture
 from tests.support.alerts import Receiver, error_event
-from tests.test_deploy import console_script
-from tests.test_tools_support import wait_for
+from tests.support.installed import console_script
+from tests.support.waiting import wait_for
 
 # The built-in critical-errors rule alone: more than 10 critical errors in 1m.
 CONFIG = """

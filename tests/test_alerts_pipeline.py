@@ -15,7 +15,7 @@ from collector.pipeline import build_collector, leave_group
 from emitters.streams import stream_names
 from tests.support.alert_processes import add, drained
 from tests.support.alerts import error_event
-from tests.test_tools_support import wait_for
+from tests.support.waiting import wait_for
 
 NAMES = stream_names("telemetry")
 

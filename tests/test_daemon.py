@@ -1,8 +1,8 @@
 """The collector daemon in-process against a real redis-server: delivery, dead letters, faults.
 
 The end-to-end runs of the real ``telemetry-collector run`` process (SIGKILL,
-SIGTERM, Redis restarts, two instances) are in ``test_daemon_process.py``;
-the helpers at the top are shared with it.
+SIGTERM, Redis restarts, two instances) are in ``test_daemon_process.py``; the
+helpers both use are in tests/support/ (stream_entries, inprocess_collector).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import json
 import secrets
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import msgspec
 import pytest
@@ -23,81 +22,33 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from collector.config import Config, load_config
 from collector.consumer import decode_entries
 from collector.daemon import Backoff, Collector
 from collector.deadletter import DeadLetter, dead_letter_fields
 from collector.embedded import RedisProcess
 from collector.records import Record
 from collector.sinks import SinkAuthError, SinkRejected, SinkUnavailable
-from emitters.events import CustomEvent, ErrorEvent, ModelLoaded, encode
-from emitters.streams import DEFAULT_ERRORS_MAXLEN, DEFAULT_EVENTS_MAXLEN, stream_names
-from tests.test_tools_support import wait_for
+from emitters.events import ModelLoaded, encode
+from emitters.streams import DEFAULT_ERRORS_MAXLEN, DEFAULT_EVENTS_MAXLEN
+from tests.support.inprocess_collector import FaultySink, RecordingSink, Running, heartbeat, make_config, running
+from tests.support.stream_entries import (
+    GROUP,
+    NAMES,
+    add_events,
+    add_old_events,
+    custom_event,
+    dead_letters,
+    envelope,
+    error_event,
+    jsonl_ids,
+    pending_count,
+)
+from tests.support.waiting import wait_for
 
-wait_until = wait_for  # the name tests/test_otlp_e2e.py imports from here
-
-NAMES = stream_names("telemetry")
-GROUP = "telemetry-collectors"
 MiB = 1024 * 1024
 
 
-# --- helpers (also used by test_daemon_process.py) -------------------------------------------
-
-
-def envelope(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "id": secrets.token_hex(16),
-        "ts": time.time_ns(),
-        "service": "test-svc",
-        "host": "test-host",
-        "pid": 4242,
-        "trace_id": secrets.token_hex(16),
-        "span_id": secrets.token_hex(8),
-    }
-    fields.update(overrides)
-    return fields
-
-
-def custom_event(n: int = 0, type_: str = "job.created") -> CustomEvent:
-    return CustomEvent(type=type_, attrs={"n": n}, **envelope())
-
-
-def error_event(message: str = "boom") -> ErrorEvent:
-    return ErrorEvent(message=message, error_type="RuntimeError", **envelope())
-
-
-def add_events(client: redis.Redis, events: Sequence[Any], stream: str = NAMES.events) -> list[bytes]:
-    """XADD each event as one ``event`` field; returns the entry ids."""
-    pipe = client.pipeline(transaction=False)
-    for event in events:
-        pipe.xadd(stream, {"event": encode(event)})
-    return pipe.execute()
-
-
-def jsonl_ids(*directories: Path) -> collections.Counter[str]:
-    """How often each event id appears in the events-/errors- JSONL files."""
-    seen: collections.Counter[str] = collections.Counter()
-    for directory in directories:
-        for path in sorted([*directory.glob("events-*.jsonl"), *directory.glob("errors-*.jsonl")]):
-            for line in path.read_bytes().splitlines():
-                seen[json.loads(line)["id"]] += 1
-    return seen
-
-
-def pending_count(client: redis.Redis, stream: str = NAMES.events) -> int:
-    try:
-        return int(client.xpending(stream, GROUP)["pending"])
-    except redis.ResponseError:  # no group yet
-        return 0
-
-
-def add_old_events(client: redis.Redis, count: int, *, age_s: float) -> None:
-    """Events with entry ids from ``age_s`` ago, as if they had waited in the stream that long."""
-    old_ms = int((time.time() - age_s) * 1000)
-    pipe = client.pipeline(transaction=False)
-    for n in range(count):
-        pipe.xadd(NAMES.events, {"event": encode(custom_event(n))}, id=f"{old_ms + n}-0")
-    pipe.execute()
+# --- helpers ---------------------------------------------------------------------------------------
 
 
 def read_and_crash(client: redis.Redis, consumer: str, count: Optional[int] = None) -> None:
@@ -106,101 +57,7 @@ def read_and_crash(client: redis.Redis, consumer: str, count: Optional[int] = No
     client.xreadgroup(GROUP, consumer, {NAMES.events: ">"}, count=count)
 
 
-def dead_letters(client: redis.Redis) -> list[dict[bytes, bytes]]:
-    return [fields for _, fields in client.xrange(NAMES.dead)]
-
-
 # --- in-process fixtures ---------------------------------------------------------------------------
-
-
-def make_config(redis_url: str, tmp_path: Path, **collector: Any) -> Config:
-    overrides = {
-        "redis.url": redis_url,
-        "jsonl.dir": str(tmp_path / "logs"),
-        "collector.block_ms": 50,
-        "collector.claim_idle": "1s",
-        "collector.heartbeat_interval": "200ms",
-        "collector.max_backoff": "200ms",
-        "alerts.enabled": False,
-    }
-    overrides.update({f"collector.{name}": value for name, value in collector.items()})
-    return load_config(overrides=overrides, environ={})
-
-
-class Running:
-    """A Collector on a thread; errors from run() are re-raised on stop()."""
-
-    def __init__(self, collector: Collector) -> None:
-        self.collector = collector
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.collector.run()
-        except BaseException as exc:  # handed to the test thread
-            self.error = exc
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.collector.request_stop()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "run() did not return after request_stop()"
-        if self.error is not None:
-            raise self.error
-
-
-@contextmanager
-def running(collector: Collector) -> Iterator[Running]:
-    handle = Running(collector)
-    handle.thread.start()
-    try:
-        yield handle
-    finally:
-        if handle.thread.is_alive():
-            handle.stop()
-        elif handle.error is not None:
-            raise handle.error
-
-
-class RecordingSink:
-    """A real in-memory sink: keeps every record it accepted, in order."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.batches: list[list[Record]] = []
-        self.closed = False
-
-    def write(self, batch: Sequence[Record]) -> None:
-        self.batches.append(list(batch))
-
-    @property
-    def records(self) -> list[Record]:
-        return [record for batch in self.batches for record in batch]
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FaultySink(RecordingSink):
-    """Raises the errors ``faults`` yields (None: accept) on successive writes: fault injection."""
-
-    name = "faulty"
-
-    def __init__(self, faults: Callable[[Sequence[Record]], Optional[Exception]]) -> None:
-        super().__init__()
-        self.faults = faults
-        self.attempts = 0
-
-    def write(self, batch: Sequence[Record]) -> None:
-        self.attempts += 1
-        fault = self.faults(batch)
-        if fault is not None:
-            raise fault
-        super().write(batch)
 
 
 class RecordingAlertEngine:
@@ -227,11 +84,6 @@ class RecordingAlertEngine:
 
     def close(self, timeout: float = 5.0) -> None:
         self.closed = True
-
-
-def heartbeat(client: redis.Redis, collector: Collector) -> dict[str, str]:
-    raw = client.hgetall(NAMES.heartbeat(collector.consumer))
-    return {key.decode(): value.decode() for key, value in raw.items()}
 
 
 # --- pure parts ------------------------------------------------------------------------------------

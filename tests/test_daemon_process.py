@@ -19,7 +19,7 @@ import redis
 from collector.embedded import RedisProcess
 from emitters import Emitter
 from emitters.events import decode, encode
-from tests.test_daemon import (
+from tests.support.stream_entries import (
     GROUP,
     NAMES,
     add_events,
@@ -31,7 +31,7 @@ from tests.test_daemon import (
     pending_count,
 )
 from tests.support.collector_process import CollectorProcess, collectors, launch  # noqa: F401  (fixture)
-from tests.test_tools_support import wait_for
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024

@@ -24,6 +24,7 @@ import pytest
 from collector.commands.run import HARD_STOP_GRACE, run as run_command
 from collector.config import cli_settings
 from collector.durations import parse_duration
+from tests.support.installed import console_script
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "mlx-telemetry-collector.service"
@@ -60,15 +61,6 @@ def systemd_seconds(value: str) -> float:
     for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value):
         total += float(number) * units[unit]
     return total
-
-
-def console_script() -> str:
-    """The telemetry-collector that pip installed next to this interpreter."""
-    candidate = Path(sys.executable).with_name("telemetry-collector")
-    found = str(candidate) if candidate.exists() else shutil.which("telemetry-collector")
-    if found is None:
-        pytest.fail("telemetry-collector is not installed (pip install -e .)")
-    return found
 
 
 def exec_start_argv(service: dict[str, list[str]]) -> list[str]:

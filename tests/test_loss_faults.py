@@ -24,22 +24,13 @@ from tests.support.loss_entries import deeply_nested
 from collector.daemon import Collector
 from collector.records import Record
 from collector.refusals import refusal
-from tests.test_daemon import (
-    GROUP,
-    NAMES,
-    FaultySink,
-    add_events,
-    custom_event,
-    dead_letters,
-    heartbeat,
-    jsonl_ids,
-    make_config,
-    pending_count,
-    running,
-)
+from tests.support.stream_entries import GROUP, NAMES, add_events, custom_event, dead_letters, jsonl_ids, pending_count
+from tests.support.inprocess_collector import FaultySink, heartbeat, make_config, running
 from tests.support.collector_process import CollectorProcess, collectors, launch  # noqa: F401  (fixture)
 from collector.sinks.jsonl import JsonlSink
-from tests.test_tools_support import SwitchableRejectSink, cli, running_collector, wait_for
+from tests.support.inprocess_collector import SwitchableRejectSink, running_collector
+from tests.support.tool_runs import cli
+from tests.support.waiting import wait_for
 
 
 def _health(url: str) -> tuple[int, dict]:

@@ -21,8 +21,9 @@ from tests.support.alerts import stream_alerts
 from tests.support.restart_scenario import run_once
 from tests.support.collector_process import CollectorProcess, collectors, launch  # noqa: F401  (fixture)
 from tests.support.redis_versions import versioned_redis  # noqa: F401  (fixture)
-from tests.test_daemon import GROUP, NAMES, add_events, custom_event, dead_letters, jsonl_ids, pending_count
-from tests.test_tools_support import cli, wait_for
+from tests.support.stream_entries import GROUP, NAMES, add_events, custom_event, dead_letters, jsonl_ids, pending_count
+from tests.support.tool_runs import cli
+from tests.support.waiting import wait_for
 
 
 def lost_total(client: redis.Redis, kind: str = "events") -> int:

@@ -21,7 +21,9 @@ from emitters import Emitter
 from emitters.events import decode
 from emitters.streams import stream_names
 from tests.otlp_backend import DATASET, TOKEN, OtlpBackend, attributes, otlp_backend  # noqa: F401 (fixture)
-from tests.test_daemon import dead_letters, pending_count, running, wait_until
+from tests.support.stream_entries import dead_letters, pending_count
+from tests.support.inprocess_collector import running
+from tests.support.waiting import wait_for as wait_until
 
 NAMES = stream_names("telemetry")
 MODEL = "tiny-llama"

@@ -16,7 +16,8 @@ from collector.tools.formatting import event_line, format_age, format_relative
 from collector.tools.reading import StoredEvent
 from collector.tools.times import parse_time
 from emitters.events import ErrorEvent, TokenGenerated
-from tests.test_tools_support import cli, emitters, json_lines
+from tests.support.tool_runs import cli, json_lines
+from tests.support.tool_events import emitters
 
 NOW = 1_714_564_800 * 10**9  # 2024-05-01T12:00:00Z
 SECOND = 10**9

@@ -10,14 +10,10 @@ import pytest
 import redis
 
 from collector.daemon import Collector
-from tests.test_tools_support import (
-    SwitchableRejectSink,
-    archived_ids,
-    cli,
-    emitters,
-    running_collector,
-    wait_for,
-)
+from tests.support.inprocess_collector import SwitchableRejectSink, running_collector
+from tests.support.tool_events import archived_ids, emitters
+from tests.support.tool_runs import cli
+from tests.support.waiting import wait_for
 
 
 class Letters(NamedTuple):

@@ -10,7 +10,10 @@ import pytest
 import redis
 
 from emitters.events import decode
-from tests.test_tools_support import SECOND, archived_ids, cli, emitters, running_collector, wait_for
+from tests.support.tool_events import SECOND, archived_ids, emitters
+from tests.support.tool_runs import cli
+from tests.support.inprocess_collector import running_collector
+from tests.support.waiting import wait_for
 
 HOUR = 3600 * SECOND
 

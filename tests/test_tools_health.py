@@ -19,7 +19,10 @@ from collector.sinks import SinkAuthError
 from collector.tools.health_checks import Thresholds, assess
 from collector.tools.health_snapshot import GroupInfo, Heartbeat, Snapshot, StreamInfo, parse_heartbeat
 from emitters.streams import DEFAULT_EVENTS_MAXLEN
-from tests.test_tools_support import REPO, cli, emitters, running_collector, wait_for
+from tests.support.tool_runs import REPO, cli
+from tests.support.tool_events import emitters
+from tests.support.inprocess_collector import running_collector
+from tests.support.waiting import wait_for
 
 
 def _health(redis_url: str, *args: str) -> tuple[int, dict[str, Any]]:

@@ -13,7 +13,10 @@ import redis
 from collector.tools.reading import StoredEvent
 from collector.tools.search import select_rows
 from emitters.events import CustomEvent, decode
-from tests.test_tools_support import SECOND, archived_ids, cli, emitters, json_lines, running_collector, tags_by_id, wait_for
+from tests.support.tool_events import SECOND, archived_ids, emitters, tags_by_id
+from tests.support.tool_runs import cli, json_lines
+from tests.support.inprocess_collector import running_collector
+from tests.support.waiting import wait_for
 
 MINUTE = 60 * SECOND
 TRACE = "ab" * 16

@@ -13,16 +13,9 @@ import redis
 
 from collector.embedded import RedisProcess
 from collector.records import parse_id
-from tests.test_tools_support import (
-    REPO,
-    blocked_in_xread,
-    cli,
-    emitters,
-    group_pending,
-    json_lines,
-    tool_process,
-    wait_for,
-)
+from tests.support.tool_runs import REPO, blocked_in_xread, cli, group_pending, json_lines, tool_process
+from tests.support.tool_events import emitters
+from tests.support.waiting import wait_for
 
 GROUP = "telemetry-collectors"
 

@@ -12,7 +12,10 @@ import redis
 
 from emitters.events import decode
 
-from tests.test_tools_support import SECOND, archived_ids, cli, emitters, running_collector, tags_by_id, wait_for
+from tests.support.tool_events import SECOND, archived_ids, emitters, tags_by_id
+from tests.support.tool_runs import cli
+from tests.support.inprocess_collector import running_collector
+from tests.support.waiting import wait_for
 
 MS = 1_000_000
 TRACE = "cd" * 16

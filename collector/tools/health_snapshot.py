@@ -71,6 +71,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     pid: int = 0
     status: str = "unknown"
     refusal: str = ""  # OOM, READONLY, ... while Redis refuses the collector's writes
+    trim_strategy: str = ""  # acked / ack-floor: how its routine trim spares unacked entries (collector.trimming)
     started_at: float = 0.0
     last_seen: float = 0.0
     read: int = 0
@@ -105,7 +106,7 @@ def parse_heartbeat(key_suffix: str, fields: dict[bytes, bytes], now_s: float) -
     """A heartbeat from its hash; missing or garbled numbers read as 0 rather than failing the probe."""
     text = {name.decode(errors="replace"): value.decode(errors="replace") for name, value in fields.items()}
     values: dict[str, Any] = {"consumer": text.get("consumer") or key_suffix}
-    for name in ("group", "host", "status", "refusal"):
+    for name in ("group", "host", "status", "refusal", "trim_strategy"):
         if name in text:
             values[name] = text[name]
     for name in _HEARTBEAT_INTS + _HEARTBEAT_FLOATS:

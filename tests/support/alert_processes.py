@@ -17,8 +17,8 @@ from collector.embedded import RedisProcess
 from emitters.events import Event, encode
 from emitters.streams import stream_names
 from tests.support.alerts import stream_alerts
-from tests.test_deploy import console_script
-from tests.test_tools_support import wait_for
+from tests.support.installed import console_script
+from tests.support.waiting import wait_for
 
 NAMES = stream_names("telemetry")
 GROUP = "telemetry-collectors"

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from tests.test_tools_support import wait_for
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
