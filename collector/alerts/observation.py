@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from collector.alerts.config import LAG_EVENT_TYPE, Filter, service_pattern, type_pattern
 from emitters.events import SEVERITY_RANK, Event
 
-__all__ = ["Scalar", "Observation", "Matcher", "Relevance", "label_value", "label_name"]
+__all__ = ["Scalar", "Observation", "Matcher", "label_value", "label_name"]
 
 Scalar = Union[str, int, float, bool]
 
@@ -103,11 +103,18 @@ class Matcher:
             return False
         return self._min_rank is None or SEVERITY_RANK.get(severity, 0) >= self._min_rank
 
+    @property
+    def checks_event(self) -> bool:
+        """Whether accepting needs more than the type and severity (a service or field condition)."""
+        return self._service is not None or bool(self._fields)
+
     def accepts(self, obs: Observation) -> bool:
         """Every condition but the type (which callers check once per type)."""
+        return self.accepts_severity(obs.severity) and self.accepts_event(obs)
+
+    def accepts_event(self, obs: Observation) -> bool:
+        """The service and field conditions."""
         if self._service is not None and not self._service.match(obs.service):
-            return False
-        if not self.accepts_severity(obs.severity):
             return False
         return all(_equal(expected, obs.get(name)) for name, expected in self._fields)
 
@@ -127,24 +134,3 @@ def label_name(field: str) -> str:
     if not (name[:1].isalpha() or name[:1] == "_"):
         name = f"_{name}"
     return "event_severity" if name == "severity" else name
-
-
-class Relevance:
-    """Whether any rule could accept an event of this type and severity.
-
-    Most events (info-level generations, tokens) match no rule; answering from
-    a cache keyed by (type, severity) spares them the per-event rule work.
-    """
-
-    def __init__(self, matchers: Sequence[Matcher]) -> None:
-        self._matchers = matchers
-        self._cache: dict[tuple[str, str], bool] = {}
-
-    def __call__(self, type: str, severity: str) -> bool:
-        relevant = self._cache.get((type, severity))
-        if relevant is None:
-            relevant = self._cache[(type, severity)] = any(
-                matcher.accepts_type(type, False) and matcher.accepts_severity(severity)
-                for matcher in self._matchers
-            )
-        return relevant
