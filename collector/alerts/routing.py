@@ -59,7 +59,7 @@ class Router:
             if updates is None:
                 updates = Updates()
             obs = Observation.from_event(event)
-            ts = min(obs.ts, now)
+            ts = obs.ts if obs.ts < now else now
             for rule, check in route:
                 if check is None or check(obs):
                     rule.observe(obs, ts, now, updates)

@@ -147,11 +147,13 @@ return out
 )
 
 # Window slices, last-seen times and value reservoirs. ARGV[1]: {"counts":
-# [[counts, ids, expire_at_ms, [[key, group]...]]...], "seen": [[key, group, ts, ttl_ms]...],
+# [[counts, ids, expire_at_ms, [[group, [key...]]...]]...], "seen": [[key, group, ts, ttl_ms]...],
 # "values": [[stats, samples, ids, group, [value...], [uniform...], [key...], cap, expire_at_ms]...]}
 # with keys as indexes into KEYS. An item whose idempotence key is already in
 # the slice's ids set was counted before (a redelivery) and adds nothing; ""
 # marks the collector's own observations, which have no entry to redeliver.
+# A group's count goes up by what SADD reports as new: one command per group
+# and chunk, not one per event (unpack is bounded by Lua's C stack).
 # Values travel as text so the samples keep every digit; the uniforms drive
 # reservoir sampling (Algorithm R) over the shared count, so the sample is
 # fair whichever collector saw which value.
@@ -160,15 +162,30 @@ local ops = cjson.decode(ARGV[1])
 local function first_time(ids, key)
   return key == '' or redis.call('SADD', ids, key) == 1
 end
-for _, c in ipairs(ops.counts) do
-  local added = {}
-  for _, item in ipairs(c[4]) do
-    if first_time(KEYS[c[2]], item[1]) then
-      added[item[2]] = (added[item[2]] or 0) + 1
+local function added_keys(ids, keys)
+  local added, chunk = 0, {}
+  for _, key in ipairs(keys) do
+    if key == '' then
+      added = added + 1
+    else
+      chunk[#chunk + 1] = key
+      if #chunk == 1000 then
+        added = added + redis.call('SADD', ids, unpack(chunk))
+        chunk = {}
+      end
     end
   end
-  for g, n in pairs(added) do
-    redis.call('HINCRBY', KEYS[c[1]], g, n)
+  if #chunk > 0 then
+    added = added + redis.call('SADD', ids, unpack(chunk))
+  end
+  return added
+end
+for _, c in ipairs(ops.counts) do
+  for _, g in ipairs(c[4]) do
+    local n = added_keys(KEYS[c[2]], g[2])
+    if n > 0 then
+      redis.call('HINCRBY', KEYS[c[1]], g[1], n)
+    end
   end
   redis.call('PEXPIREAT', KEYS[c[1]], c[3])
   redis.call('PEXPIREAT', KEYS[c[2]], c[3])
@@ -280,8 +297,8 @@ class AlertState:
             return index[key]
 
         counts = [
-            [ref(self.counts_key(name, bucket)), ref(self.ids_key(name, bucket)), slot.expire_ms, slot.items]
-            for (name, bucket), slot in updates.counts.items()
+            [ref(self.counts_key(name, bucket)), ref(self.ids_key(name, bucket)), tally.expire_ms, list(tally.groups.items())]
+            for (name, bucket), tally in updates.counts.items()
         ]
         seen = [[ref(self.seen_key(name)), group, ts, ttl] for (name, group), (ts, ttl) in updates.seen.items()]
         values = [

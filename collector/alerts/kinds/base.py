@@ -17,7 +17,7 @@ import msgspec
 from collector.alerts.config import AlertsConfig, Rule
 from collector.alerts.observation import Matcher, Observation, label_name, label_value
 from collector.alerts.records import AlertRecord, Candidate, alert_fingerprint
-from collector.alerts.windows import Measure, Updates
+from collector.alerts.windows import Measure, Slicing, Updates
 from collector.durations import format_duration
 
 if TYPE_CHECKING:
@@ -174,9 +174,14 @@ class AlertRule:
 class WindowedRule(AlertRule):
     """A kind measured over the rule's sliding ``window`` against its ``threshold`` (rate, value)."""
 
+    def __init__(self, rule: Rule, config: AlertsConfig) -> None:
+        super().__init__(rule, config)
+        self._window = float(rule.window)  # type: ignore[union-attr]
+        self.slicing = Slicing(self._window)
+
     @property
     def window(self) -> float:
-        return float(self.rule.window)
+        return self._window
 
     @property
     def threshold(self) -> Optional[float]:
