@@ -415,6 +415,22 @@ class TestCountedOnce:
         stats = engine.state.snapshot(engine.rules, clock.now).measures["ttft-count"]
         assert stats["[]"].value == 4.0
 
+    def test_large_batches_count_each_entry_once(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
+        """Keys go to the slice's id set in chunks: a group past a chunk, repeats inside a batch and
+        a redelivered batch still count each entry once; the collector's own observations always count."""
+        jobs = {"kind": "rate", "name": "jobs", "filter": {"type": "job.done"}, "group_by": ["queue"], "window": "1m", "threshold": 1e9}
+        losses = {"kind": "rate", "name": "loss-reports", "filter": {"type": "collector.entries_lost"}, "window": "1m", "threshold": 1e9}
+        engine = make_engine(rules=[jobs, losses], defaults=False)
+        batch = records(*(custom(clock.now, "job.done", queue="q1") for _ in range(2300)), *(custom(clock.now, "job.done", queue="q2") for _ in range(300)))
+        engine.write(batch + batch[:700])
+        engine.write(batch[1500:])
+        engine.observe_loss("events", 3)
+        engine.observe_loss("events", 3)
+        engine.tick()
+        measures = engine.state.snapshot(engine.rules, clock.now).measures
+        assert {group: measure.value for group, measure in measures["jobs"].items()} == {'["q1"]': 2300.0, '["q2"]': 300.0}
+        assert measures["loss-reports"]["[]"].value == 2.0
+
     def test_groups_keep_separate_state(self, redis_server: RedisProcess, clock: FakeClock, redis_client: redis.Redis) -> None:
         """Two consumer groups seeing the same events each count them, and each fires its own alert."""
         stages = [make_stage(redis_server.client(), alerts_config(disable=["new-error-kind"]), group=group, clock=clock) for group in ("a", "b")]
