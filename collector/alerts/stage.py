@@ -166,11 +166,9 @@ class AlertStage:
             return
         self.counters["expired_before_written"] += pending.drop_expired(now)
         try:
-            if pending.counts or pending.samples or pending.seen:
-                self.state.record(pending)
-                pending.counts, pending.samples, pending.seen = {}, {}, {}
-            for rule in self.rules:
-                self._count(rule.write_pending(self.state, pending, now))
+            first_seen = [batch for rule in self.rules if (batch := rule.first_sightings(pending)) is not None]
+            self._count(self.state.record(pending, first_seen, now))
+            self._pending = Updates()
         except redis.RedisError as exc:
             self._state_failed(exc)
             size = pending.size()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import msgspec
 import redis
 
-from collector.alerts.records import AlertRecord, Candidate, Expired, StoredAlert, iso_time
+from collector.alerts.records import AlertRecord, Candidate, Expired, FirstSightings, StoredAlert, iso_time
 from collector.alerts.rules import Snapshot
 from collector.alerts.windows import Updates
 from emitters.streams import StreamNames
@@ -124,31 +124,12 @@ return out
 """
 )
 
-# KEYS[3] known set; ARGV[4]: {"sightings": [[key, ts, first, regression]...],
-# "regression_after": s, "max_known": n, "ttl_ms": ms}
-_FIRST_SEEN = (
-    _LIFECYCLE
-    + r"""
-local batch = cjson.decode(ARGV[4])
-for _, s in ipairs(batch.sightings) do
-  local old = redis.call('ZSCORE', KEYS[3], s[1])
-  redis.call('ZADD', KEYS[3], 'GT', s[2], s[1])
-  if not old then
-    transition(s[3])
-  elseif batch.regression_after > 0 and s[2] - tonumber(old) >= batch.regression_after then
-    s[4].record.value = s[2] - tonumber(old)
-    transition(s[4])
-  end
-end
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(batch.max_known + 1))
-redis.call('PEXPIRE', KEYS[3], batch.ttl_ms)
-return out
-"""
-)
-
-# Window slices, last-seen times and value reservoirs. ARGV[1]: {"counts":
-# [[counts, ids, expire_at_ms, [[group, [key...]]...]]...], "seen": [[key, group, ts, ttl_ms]...],
-# "values": [[stats, samples, ids, group, [value...], [uniform...], [key...], cap, expire_at_ms]...]}
+# What a batch adds, in one script and one round trip: window slices, last-seen
+# times, value reservoirs and first sightings. KEYS[1], KEYS[2] and ARGV as in
+# the lifecycle, ARGV[4]: {"counts": [[counts, ids, expire_at_ms, [[group, [key...]]...]]...],
+# "seen": [[key, group, ts, ttl_ms]...],
+# "values": [[stats, samples, ids, group, [value...], [uniform...], [key...], cap, expire_at_ms]...],
+# "sightings": [[known, [[key, ts, first, regression]...], regression_after, max_known, ttl_ms]...]}
 # with keys as indexes into KEYS. An item whose idempotence key is already in
 # the slice's ids set was counted before (a redelivery) and adds nothing; ""
 # marks the collector's own observations, which have no entry to redeliver.
@@ -156,9 +137,12 @@ return out
 # and chunk, not one per event (unpack is bounded by Lua's C stack).
 # Values travel as text so the samples keep every digit; the uniforms drive
 # reservoir sampling (Algorithm R) over the shared count, so the sample is
-# fair whichever collector saw which value.
-_RECORD = r"""
-local ops = cjson.decode(ARGV[1])
+# fair whichever collector saw which value. A sighting of a key never seen
+# fires its rule's alert; one silent longer than regression_after fires a regression.
+_RECORD = (
+    _LIFECYCLE
+    + r"""
+local ops = cjson.decode(ARGV[4])
 local function first_time(ids, key)
   return key == '' or redis.call('SADD', ids, key) == 1
 end
@@ -227,8 +211,24 @@ for _, v in ipairs(ops.values) do
   end
   redis.call('PEXPIREAT', ids, v[9])
 end
-return 1
+for _, n in ipairs(ops.sightings) do
+  local known, regression_after = KEYS[n[1]], n[3]
+  for _, s in ipairs(n[2]) do
+    local old = redis.call('ZSCORE', known, s[1])
+    redis.call('ZADD', known, 'GT', s[2], s[1])
+    if not old then
+      transition(s[3])
+    elseif regression_after > 0 and s[2] - tonumber(old) >= regression_after then
+      s[4].record.value = s[2] - tonumber(old)
+      transition(s[4])
+    end
+  end
+  redis.call('ZREMRANGEBYRANK', known, 0, -(n[4] + 1))
+  redis.call('PEXPIRE', known, n[5])
+end
+return out
 """
+)
 
 # Infinite or NaN values become null: Lua's cjson would refuse the whole batch over them.
 _encode = msgspec.json.Encoder().encode
@@ -260,7 +260,6 @@ class AlertState:
         self.state_key = f"{self.base}:state"
         self.history = history
         self._transition = client.register_script(_TRANSITION)
-        self._first_seen = client.register_script(_FIRST_SEEN)
         self._record = client.register_script(_RECORD)
 
     # --- key names ---
@@ -285,9 +284,10 @@ class AlertState:
 
     # --- writes ---
 
-    def record(self, updates: Updates) -> None:
-        """Add the window counts, value samples and last-seen times of ``updates``, each event once."""
-        keys: list[str] = []
+    def record(self, updates: Updates, first_seen: Sequence[FirstSightings], now: float) -> list[AlertRecord]:
+        """Add ``updates`` (each event once) and ``first_seen`` in one round trip; returns the
+        notifications of the first sightings (``new`` rules fire here, not on a tick)."""
+        keys: list[str] = [self.state_key, self.stream]
         index: dict[str, int] = {}
 
         def ref(key: str) -> int:
@@ -315,18 +315,18 @@ class AlertState:
             ]
             for (name, bucket, group), slot in updates.samples.items()
         ]
-        if counts or seen or values:
-            self._record(keys=keys, args=[_encode({"counts": counts, "seen": seen, "values": values})])
+        sightings = [
+            [ref(self.known_key(batch.rule)), batch.sightings, batch.regression_after, batch.max_known, batch.ttl_ms]
+            for batch in first_seen
+        ]
+        if not (counts or seen or values or sightings):
+            return []
+        ops = {"counts": counts, "seen": seen, "values": values, "sightings": sightings}
+        out = self._record(keys=keys, args=self._lifecycle_args(now, ops))
+        return [_alert_decoder.decode(payload) for payload in out]
 
     def _lifecycle_args(self, now: float, batch: Any) -> list[Any]:
         return [now, iso_time(now), self.history, _encode(batch), self.group]
-
-    def first_seen(self, rule: str, batch: dict[str, Any], now: float) -> list[AlertRecord]:
-        """Remember the sightings of a ``new`` rule; fire for keys never seen or silent too long."""
-        out = self._first_seen(
-            keys=[self.state_key, self.stream, self.known_key(rule)], args=self._lifecycle_args(now, batch)
-        )
-        return [_alert_decoder.decode(payload) for payload in out]
 
     def transition(self, candidates: Sequence[Candidate], expired: Sequence[Expired], now: float) -> list[AlertRecord]:
         """Apply conditions to the alerts' lifecycle; returns the notifications that went out."""
