@@ -133,8 +133,8 @@ return out
 # with keys as indexes into KEYS. An item whose idempotence key is already in
 # the slice's ids set was counted before (a redelivery) and adds nothing; ""
 # marks the collector's own observations, which have no entry to redeliver.
-# A group's count goes up by what SADD reports as new: one command per group
-# and chunk, not one per event (unpack is bounded by Lua's C stack).
+# Ids go to and are looked up in the sets in chunks (SADD, SMISMEMBER), not one
+# command per event; a group's count goes up by what SADD reports as new.
 # Values travel as text so the samples keep every digit; the uniforms drive
 # reservoir sampling (Algorithm R) over the shared count, so the sample is
 # fair whichever collector saw which value. A sighting of a key never seen
@@ -143,26 +143,43 @@ _RECORD = (
     _LIFECYCLE
     + r"""
 local ops = cjson.decode(ARGV[4])
-local function first_time(ids, key)
-  return key == '' or redis.call('SADD', ids, key) == 1
+-- One command per 1000 items: unpack is bounded by Lua's C stack. Sums the replies.
+local function in_chunks(command, key, items)
+  local total = 0
+  for first = 1, #items, 1000 do
+    total = total + redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
+  end
+  return total
 end
+-- How many of keys ids did not hold, now added to it ('' always counts).
 local function added_keys(ids, keys)
-  local added, chunk = 0, {}
+  local added, listed = 0, {}
   for _, key in ipairs(keys) do
     if key == '' then
       added = added + 1
     else
-      chunk[#chunk + 1] = key
-      if #chunk == 1000 then
-        added = added + redis.call('SADD', ids, unpack(chunk))
-        chunk = {}
-      end
+      listed[#listed + 1] = key
     end
   end
-  if #chunk > 0 then
-    added = added + redis.call('SADD', ids, unpack(chunk))
+  return added + in_chunks('SADD', ids, listed)
+end
+-- The keys ids does not hold yet (a set), asked in one command per chunk.
+local function unheld_keys(ids, keys)
+  local unheld, listed, listed_once = {}, {}, {}
+  for _, key in ipairs(keys) do
+    if key ~= '' and not listed_once[key] then
+      listed_once[key] = true
+      listed[#listed + 1] = key
+    end
   end
-  return added
+  for first = 1, #listed, 1000 do
+    local last = math.min(first + 999, #listed)
+    local held = redis.call('SMISMEMBER', ids, unpack(listed, first, last))
+    for i = first, last do
+      if held[i - first + 1] == 0 then unheld[listed[i]] = true end
+    end
+  end
+  return unheld
 end
 for _, c in ipairs(ops.counts) do
   for _, g in ipairs(c[4]) do
@@ -183,10 +200,17 @@ for _, v in ipairs(ops.values) do
   local n = tonumber(redis.call('HGET', stats, g .. '\31n') or '0')
   local low = redis.call('HGET', stats, g .. '\31min')
   local high = redis.call('HGET', stats, g .. '\31max')
-  local length = redis.call('LLEN', samples)
-  local sum, added = 0, 0
+  local stored = redis.call('LLEN', samples)
+  local length = stored
+  local unheld = unheld_keys(ids, v[7])
+  local sum, added, pushes, counted = 0, 0, {}, {}
   for i, text in ipairs(v[5]) do
-    if first_time(ids, v[7][i]) then
+    local key = v[7][i]
+    if key == '' or unheld[key] then
+      if key ~= '' then
+        unheld[key] = nil  -- a repeat within the batch counts once
+        counted[#counted + 1] = key
+      end
       local x = tonumber(text)
       n = n + 1
       added = added + 1
@@ -194,14 +218,22 @@ for _, v in ipairs(ops.values) do
       if not low or x < tonumber(low) then low = text end
       if not high or x > tonumber(high) then high = text end
       if length < cap then
-        redis.call('RPUSH', samples, text)
+        pushes[#pushes + 1] = text
         length = length + 1
       else
         local j = math.floor(v[6][i] * n)
-        if j < cap then redis.call('LSET', samples, j, text) end
+        if j < cap then
+          if j >= stored then
+            pushes[j - stored + 1] = text  -- not in the list yet: replaced before it is pushed
+          else
+            redis.call('LSET', samples, j, text)
+          end
+        end
       end
     end
   end
+  in_chunks('SADD', ids, counted)
+  in_chunks('RPUSH', samples, pushes)
   if added > 0 then
     redis.call('HSET', stats, g .. '\31n', string.format('%d', n), g .. '\31min', low, g .. '\31max', high)
     -- pcall: a sum beyond the float range is refused by Redis; avg is then off, nothing else
