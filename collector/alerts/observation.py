@@ -52,16 +52,27 @@ class Observation(msgspec.Struct, gc=False):
             value: Any = self.fields.get(name)
         else:
             event = self.event
-            fields = event.__struct_fields__  # type: ignore[union-attr]
-            root, dot, key = name.partition(".")
-            if dot:
-                nested = getattr(event, root) if root in fields else None
-                value = nested.get(key) if isinstance(nested, dict) else None
-            elif name in fields:
+            names = _field_names(event.__class__)
+            if name in names:  # never dotted: a field name has no dot
                 value = getattr(event, name)
+            elif "." in name:
+                root, _, key = name.partition(".")
+                nested = getattr(event, root) if root in names else None
+                value = nested.get(key) if isinstance(nested, dict) else None
             else:
                 value = event.attrs.get(name)  # type: ignore[union-attr]
         return value if isinstance(value, (str, int, float)) else None
+
+
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    """The field names of an event class as a set (``__struct_fields__`` is a tuple), once per class."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(cls.__struct_fields__)  # type: ignore[attr-defined]
+    return names
 
 
 def _equal(expected: Scalar, actual: Optional[Scalar]) -> bool:
