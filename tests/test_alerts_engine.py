@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import threading
 from typing import Any, Iterator
 
@@ -289,6 +291,35 @@ class TestValueRules:
         assert alert.value == 5002.0
 
 
+    def test_reservoir_is_algorithm_r_over_first_deliveries(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
+        """Ids looked up and samples pushed in bulk keep the reservoir what Algorithm R gives value by value,
+        repeats and redeliveries skipped (the state draws one uniform per value written, in order)."""
+        rule = {**TTFT, "name": "fair", "aggregate": "p50", "max_samples": 10, "group_by": []}
+        engine = make_engine(defaults=False, rules=[rule])
+        first = records(*(completed(clock.now, ttft_ms=float(i)) for i in range(25)))
+        second = records(*(completed(clock.now, ttft_ms=100.0 + i) for i in range(30)))
+        writes = [first, first[:5] + second + second[:3]]
+        random.seed(7)
+        for batch in writes:
+            engine.write(batch)
+        uniforms = random.Random(7)
+        sample: list[float] = []
+        counted: set[str] = set()
+        for batch in writes:
+            for item in batch:
+                u = uniforms.random()
+                if item.event.id in counted:
+                    continue
+                counted.add(item.event.id)
+                if len(sample) < 10:
+                    sample.append(item.event.ttft_ms)  # type: ignore[union-attr]
+                elif (j := math.floor(u * len(counted))) < 10:
+                    sample[j] = item.event.ttft_ms  # type: ignore[union-attr]
+        (samples,) = redis_client.scan_iter("telemetry:alerts:telemetry-collectors:samples:fair:*")
+        assert [float(value) for value in redis_client.lrange(samples, 0, -1)] == sample
+        engine.tick()
+        assert engine.state.snapshot(engine.rules, clock.now).measures["fair"]["[]"].value in sample
+
     def test_values_at_the_float_limit_do_not_wedge_the_state(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
         """Values whose sum overflows a float still count (max fires) and leave nothing stuck pending."""
         rule = {**TTFT, "name": "huge", "aggregate": "max", "threshold": 1e300, "group_by": []}
@@ -414,6 +445,22 @@ class TestCountedOnce:
         assert critical.value == 11.0
         stats = engine.state.snapshot(engine.rules, clock.now).measures["ttft-count"]
         assert stats["[]"].value == 4.0
+
+    def test_large_batches_count_each_entry_once(self, make_engine: Any, clock: FakeClock, redis_client: redis.Redis) -> None:
+        """Keys go to the slice's id set in chunks: a group past a chunk, repeats inside a batch and
+        a redelivered batch still count each entry once; the collector's own observations always count."""
+        jobs = {"kind": "rate", "name": "jobs", "filter": {"type": "job.done"}, "group_by": ["queue"], "window": "1m", "threshold": 1e9}
+        losses = {"kind": "rate", "name": "loss-reports", "filter": {"type": "collector.entries_lost"}, "window": "1m", "threshold": 1e9}
+        engine = make_engine(rules=[jobs, losses], defaults=False)
+        batch = records(*(custom(clock.now, "job.done", queue="q1") for _ in range(2300)), *(custom(clock.now, "job.done", queue="q2") for _ in range(300)))
+        engine.write(batch + batch[:700])
+        engine.write(batch[1500:])
+        engine.observe_loss("events", 3)
+        engine.observe_loss("events", 3)
+        engine.tick()
+        measures = engine.state.snapshot(engine.rules, clock.now).measures
+        assert {group: measure.value for group, measure in measures["jobs"].items()} == {'["q1"]': 2300.0, '["q2"]': 300.0}
+        assert measures["loss-reports"]["[]"].value == 2.0
 
     def test_groups_keep_separate_state(self, redis_server: RedisProcess, clock: FakeClock, redis_client: redis.Redis) -> None:
         """Two consumer groups seeing the same events each count them, and each fires its own alert."""

@@ -16,10 +16,11 @@ from collector.alerts.kinds.absence import evaluate_absence
 from collector.alerts.kinds.rate import evaluate_rate
 from collector.alerts.observation import Matcher, Observation
 from collector.alerts.records import AlertRecord, StoredAlert, alert_fingerprint, human_duration, iso_time
+from collector.alerts.routing import MAX_TYPES, Router
 from collector.alerts.rules import Snapshot, collect, plan, warming_up
-from collector.alerts.windows import BucketStats, Measure, aggregate, weighted_percentile, window_buckets
-from emitters.events import validate
-from tests.support.alerts import alerts_config, completed, custom, error_event, status
+from collector.alerts.windows import BucketStats, Measure, Updates, aggregate, weighted_percentile, window_buckets
+from emitters.events import CustomEvent, validate
+from tests.support.alerts import alerts_config, completed, custom, envelope, error_event, records, status
 
 NOW = 1_800_000_000.0
 
@@ -73,17 +74,16 @@ class TestCollect:
         rules = rules_of(rules=[{"kind": "rate", "name": "r", "filter": {"min_severity": "error"}, "group_by": ["service"], "window": "1m", "threshold": 1}])
         events = [error_event(NOW - 1, service="a"), error_event(NOW - 1, service="a"), error_event(NOW - 1, service="b"), status(NOW)]
         updates = collect(rules, [Observation.from_event(event) for event in events], NOW)
-        (key, slot), = updates.counts.items()
+        (key, tally), = updates.counts.items()
         assert key[0] == "r"
-        assert sorted(group for _, group in slot.items) == ['["a"]', '["a"]', '["b"]']
-        assert [key for key, _ in slot.items] == [event.id[:16] for event in events[:3]]
+        assert tally.groups == {'["a"]': [events[0].id[:16], events[1].id[:16]], '["b"]': [events[2].id[:16]]}
 
     def test_old_events_skipped_and_future_clamped(self) -> None:
         """An event older than the window cannot change it; one from the future counts as now."""
         rules = rules_of(rules=[{"kind": "rate", "name": "r", "window": "1m", "threshold": 1}])
         updates = collect(rules, [Observation.from_event(error_event(NOW - 61)), Observation.from_event(error_event(NOW + 3600))], NOW)
-        (bucket_key, slot), = updates.counts.items()
-        assert len(slot.items) == 1
+        (bucket_key, tally), = updates.counts.items()
+        assert len(tally) == 1
         assert bucket_key[1] == window_buckets(60, NOW)[-1]
 
     def test_value_samples_skip_non_numbers(self) -> None:
@@ -110,6 +110,66 @@ class TestCollect:
         events = [error_event(NOW, message="timeout after 31s"), error_event(NOW, message="timeout after 2s"), error_event(NOW, message="disk full")]
         updates = collect(rules, [Observation.from_event(event) for event in events], NOW)
         assert len(updates.sightings) == 2
+
+
+def _normalized(updates: Updates | None) -> dict[str, object]:
+    if updates is None:
+        updates = Updates()
+    return {
+        "counts": {key: (tally.expire_ms, tally.groups) for key, tally in updates.counts.items()},
+        "samples": {key: (slot.expire_ms, slot.cap, slot.items) for key, slot in updates.samples.items()},
+        "seen": updates.seen,
+        "sightings": {key: (sighting.group, sighting.ts, sighting.first.fingerprint) for key, sighting in updates.sightings.items()},
+    }
+
+
+def _event(ts: float, type: str, severity: str, service: str = "engine", **attrs: object) -> CustomEvent:
+    return CustomEvent(**envelope(ts, service, type=type, severity=severity, attrs=attrs))
+
+
+class TestRouter:
+    RULES = [
+        {"kind": "rate", "name": "critical", "filter": {"severity": "critical"}, "window": "1m", "threshold": 1},
+        {"kind": "rate", "name": "errors", "filter": {"min_severity": "error"}, "group_by": ["service"], "window": "1m", "threshold": 1},
+        {"kind": "rate", "name": "jobs", "filter": {"type": "job.*", "service": "engine-?"}, "window": "10s", "threshold": 1},
+        {"kind": "rate", "name": "eu", "filter": {"fields": {"region": "eu"}}, "group_by": ["attrs.region"], "window": "1m", "threshold": 1},
+        {"kind": "value", "name": "ttft", "filter": {"type": "generation.*"}, "group_by": ["model"], "field": "ttft_ms", "aggregate": "p95", "threshold": 1, "window": "1m"},
+        {"kind": "new", "name": "kinds", "filter": {"type": "error"}, "group_by": ["error_type"]},
+        {"kind": "absence", "name": "quiet", "filter": {"type": "runtime.*", "min_severity": "info"}, "period": "1m"},
+    ]
+
+    def test_agrees_with_collect(self) -> None:
+        """The routing table sends each event to exactly the rules `collect` would (same updates)."""
+        rules = rules_of(rules=self.RULES)
+        events = [
+            completed(NOW - 1, ttft_ms=5, model="a"), completed(NOW - 2, ttft_ms=7, model="b"),
+            completed(NOW + 30, ttft_ms=9, model="a"),  # from the future: counts as now
+            error_event(NOW - 3), error_event(NOW - 4, severity="critical", error_type="OSError"),
+            error_event(NOW - 90, severity="critical"),  # older than every window but new's
+            status(NOW - 5), status(NOW - 6, service="other"),
+            _event(NOW - 1, "job.created", "info", service="engine-1"), _event(NOW - 1, "job.created", "warn", service="engine-12"),
+            _event(NOW - 1, "job.failed", "error", service="engine-2"), _event(NOW - 1, "cache.miss", "debug", region="eu"),
+            _event(NOW - 1, "cache.miss", "debug", region="us"), _event(NOW - 1, "cache.miss", "critical", region="eu"),
+        ]  # fmt: skip
+        routed = Router(rules).collect(records(*events), NOW)
+        expected = collect(rules, [Observation.from_event(event) for event in events], NOW)
+        assert _normalized(routed) == _normalized(expected)
+        assert set(name for name, _ in routed.counts) == {"critical", "errors", "jobs", "eu"}  # type: ignore[union-attr]
+
+    def test_unmatched_batch_adds_nothing(self) -> None:
+        """Events no rule accepts (info generations under the defaults) leave no updates at all."""
+        rules = compile_rules(alerts_config())
+        batch = records(*(completed(NOW, ttft_ms=1) for _ in range(10)), status(NOW))
+        assert Router(rules).collect(batch, NOW) is None
+
+    def test_many_types_stay_routed(self) -> None:
+        """Past the table's bound on types (custom events are open-ended) routing starts over, still exact."""
+        rules = rules_of(rules=[{"kind": "rate", "name": "t", "filter": {"type": "t.*"}, "window": "1m", "threshold": 1}])
+        router = Router(rules)
+        count = MAX_TYPES + 10
+        batch = records(*(_event(NOW, f"t.x{n}", "info") for n in range(count)), _event(NOW, "u.x", "info"))
+        updates = router.collect(batch, NOW)
+        assert updates is not None and sum(len(tally) for tally in updates.counts.values()) == count
 
 
 class TestAggregates:

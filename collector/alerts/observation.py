@@ -2,51 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Union
+
+import msgspec
 
 from collector.alerts.config import LAG_EVENT_TYPE, Filter, service_pattern, type_pattern
 from emitters.events import SEVERITY_RANK, Event
 
-__all__ = ["Scalar", "Observation", "Matcher", "Relevance", "label_value", "label_name"]
+__all__ = ["Scalar", "Observation", "Matcher", "label_value", "label_name"]
 
 Scalar = Union[str, int, float, bool]
 
 
-class Observation:
+class Observation(msgspec.Struct, gc=False):
     """One event as rules see it: type, service, severity, time and field lookup.
 
     ``ts`` is unix seconds; ``key`` identifies the event (its ``id``) for
     counting it once. Built from a decoded event, or from plain fields
     for the collector's own synthetic events (lag), which only rules naming
-    their type in ``filter.type`` see.
+    their type in ``filter.type`` see. A struct, built in C: every event a
+    rule matches gets one.
     """
 
-    __slots__ = ("type", "service", "severity", "ts", "key", "synthetic", "_event", "_fields")
-
-    def __init__(
-        self,
-        type: str,
-        service: str,
-        severity: str,
-        ts: float,
-        *,
-        event: Optional[Event] = None,
-        fields: Optional[Mapping[str, Scalar]] = None,
-    ) -> None:
-        self.type = type
-        self.service = service
-        self.severity = severity
-        self.ts = ts
-        # The idempotence key: a window counts an event once however often its entry is
-        # delivered. Synthetic observations have none (""): they are never delivered twice.
-        self.key = "" if event is None else event.id[:16]
-        self.synthetic = event is None
-        self._event = event
-        self._fields = fields
+    type: str
+    service: str
+    severity: str
+    ts: float
+    # The idempotence key: a window counts an event once however often its entry is
+    # delivered. Synthetic observations have none (""): they are never delivered twice.
+    key: str = ""
+    synthetic: bool = True
+    event: Optional[Event] = None
+    fields: Optional[Mapping[str, Scalar]] = None
 
     @classmethod
     def from_event(cls, event: Event) -> "Observation":
-        return cls(event.type, event.service, event.severity, event.ts / 1e9, event=event)
+        return cls(event.type, event.service, event.severity, event.ts / 1e9, event.id[:16], False, event)
 
     @classmethod
     def lag(cls, stream: str, lag: int, maxlen: int, ts: float) -> "Observation":
@@ -57,20 +48,31 @@ class Observation:
         """The scalar value of field ``name`` (see :data:`config.FieldName`), or None."""
         if name == "type":
             return self.type
-        if self._fields is not None:
-            value: Any = self._fields.get(name)
+        if self.fields is not None:
+            value: Any = self.fields.get(name)
         else:
-            event = self._event
-            fields = event.__struct_fields__  # type: ignore[union-attr]
-            root, dot, key = name.partition(".")
-            if dot:
-                nested = getattr(event, root) if root in fields else None
-                value = nested.get(key) if isinstance(nested, dict) else None
-            elif name in fields:
+            event = self.event
+            names = _field_names(event.__class__)
+            if name in names:  # never dotted: a field name has no dot
                 value = getattr(event, name)
+            elif "." in name:
+                root, _, key = name.partition(".")
+                nested = getattr(event, root) if root in names else None
+                value = nested.get(key) if isinstance(nested, dict) else None
             else:
                 value = event.attrs.get(name)  # type: ignore[union-attr]
         return value if isinstance(value, (str, int, float)) else None
+
+
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    """The field names of an event class as a set (``__struct_fields__`` is a tuple), once per class."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(cls.__struct_fields__)  # type: ignore[attr-defined]
+    return names
 
 
 def _equal(expected: Scalar, actual: Optional[Scalar]) -> bool:
@@ -103,11 +105,18 @@ class Matcher:
             return False
         return self._min_rank is None or SEVERITY_RANK.get(severity, 0) >= self._min_rank
 
+    @property
+    def checks_event(self) -> bool:
+        """Whether accepting needs more than the type and severity (a service or field condition)."""
+        return self._service is not None or bool(self._fields)
+
     def accepts(self, obs: Observation) -> bool:
         """Every condition but the type (which callers check once per type)."""
+        return self.accepts_severity(obs.severity) and self.accepts_event(obs)
+
+    def accepts_event(self, obs: Observation) -> bool:
+        """The service and field conditions."""
         if self._service is not None and not self._service.match(obs.service):
-            return False
-        if not self.accepts_severity(obs.severity):
             return False
         return all(_equal(expected, obs.get(name)) for name, expected in self._fields)
 
@@ -127,24 +136,3 @@ def label_name(field: str) -> str:
     if not (name[:1].isalpha() or name[:1] == "_"):
         name = f"_{name}"
     return "event_severity" if name == "severity" else name
-
-
-class Relevance:
-    """Whether any rule could accept an event of this type and severity.
-
-    Most events (info-level generations, tokens) match no rule; answering from
-    a cache keyed by (type, severity) spares them the per-event rule work.
-    """
-
-    def __init__(self, matchers: Sequence[Matcher]) -> None:
-        self._matchers = matchers
-        self._cache: dict[tuple[str, str], bool] = {}
-
-    def __call__(self, type: str, severity: str) -> bool:
-        relevant = self._cache.get((type, severity))
-        if relevant is None:
-            relevant = self._cache[(type, severity)] = any(
-                matcher.accepts_type(type, False) and matcher.accepts_severity(severity)
-                for matcher in self._matchers
-            )
-        return relevant

@@ -14,6 +14,7 @@ __all__ = [
     "StoredAlert",
     "Candidate",
     "Expired",
+    "FirstSightings",
     "alert_fingerprint",
     "iso_time",
     "human_duration",
@@ -74,6 +75,17 @@ class Expired(msgspec.Struct):
 
     fp: str
     resolved: float
+
+
+class FirstSightings(msgspec.Struct):
+    """What a ``new`` rule asks of the state for a batch: per key ``[key, ts, first, regression]``,
+    the candidates for a key never seen and for one silent longer than ``regression_after``."""
+
+    rule: str
+    sightings: list[tuple[str, float, Candidate, Candidate]]
+    regression_after: float
+    max_known: int
+    ttl_ms: int
 
 
 def alert_fingerprint(rule: str, labels: Mapping[str, str]) -> str:

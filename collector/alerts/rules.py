@@ -1,9 +1,11 @@
 """Rule evaluation without I/O: what a batch adds to the shared state, and what to tell it.
 
-The stage turns a batch of events into :class:`Updates` with :func:`collect`,
-and the measures read back from Redis into lifecycle requests with
-:func:`plan`; both are pure functions of their arguments, so they are tested
-without Redis or a clock. What differs between rule kinds lives in
+The stage turns observations into :class:`Updates` with :func:`collect` (its
+own lag and loss observations; delivered batches take the same decisions
+through :class:`collector.alerts.routing.Router`, built for their volume), and
+the measures read back from Redis into lifecycle requests with :func:`plan`;
+both are pure functions of their arguments, so they are tested without Redis
+or a clock. What differs between rule kinds lives in
 :mod:`collector.alerts.kinds`, one class per kind.
 """
 

@@ -29,8 +29,9 @@ from collector.alerts.config import LOSS_EVENT_TYPE, AlertsConfig
 from collector.alerts.delivery import Channel, Delivery
 from collector.alerts.kinds import compile_rules
 from collector.alerts.notify import Notifier
-from collector.alerts.observation import Observation, Relevance
+from collector.alerts.observation import Observation
 from collector.alerts.records import AlertRecord
+from collector.alerts.routing import Router
 from collector.alerts.rules import collect, plan, warming_up
 from collector.alerts.silences import SilenceStore
 from collector.alerts.state import AlertState
@@ -69,7 +70,7 @@ class AlertStage:
     ) -> None:
         self.config = config
         self.rules = compile_rules(config)
-        self._relevance = Relevance([rule.matches for rule in self.rules])
+        self._router = Router(self.rules)
         self._log = log or structlog.get_logger("collector.alerts")
         self._clock = clock
         self.state = state
@@ -91,16 +92,13 @@ class AlertStage:
         if not self.rules or not batch:
             return
         now = self._clock()
-        relevant = self._relevance
-        observations = (
-            Observation.from_event(record.event)
-            for record in batch
-            if relevant(record.event.type, record.event.severity)
-        )
-        updates = collect(self.rules, observations, now)
+        updates = self._router.collect(batch, now)
         self.counters["observed"] += len(batch)
+        if updates is None and not self._pending:
+            return  # nothing matched and nothing waits: no lock, no Redis
         with self._lock:
-            self._pending.merge(updates)
+            if updates is not None:
+                self._pending.merge(updates)
             self._flush(now)
 
     def observe_lag(self, stream: str, lag: int, maxlen: int) -> None:
@@ -168,11 +166,9 @@ class AlertStage:
             return
         self.counters["expired_before_written"] += pending.drop_expired(now)
         try:
-            if pending.counts or pending.samples or pending.seen:
-                self.state.record(pending)
-                pending.counts, pending.samples, pending.seen = {}, {}, {}
-            for rule in self.rules:
-                self._count(rule.write_pending(self.state, pending, now))
+            first_seen = [batch for rule in self.rules if (batch := rule.first_sightings(pending)) is not None]
+            self._count(self.state.record(pending, first_seen, now))
+            self._pending = Updates()
         except redis.RedisError as exc:
             self._state_failed(exc)
             size = pending.size()

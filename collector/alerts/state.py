@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import msgspec
 import redis
 
-from collector.alerts.records import AlertRecord, Candidate, Expired, StoredAlert, iso_time
+from collector.alerts.records import AlertRecord, Candidate, Expired, FirstSightings, StoredAlert, iso_time
 from collector.alerts.rules import Snapshot
 from collector.alerts.windows import Updates
 from emitters.streams import StreamNames
@@ -124,51 +124,69 @@ return out
 """
 )
 
-# KEYS[3] known set; ARGV[4]: {"sightings": [[key, ts, first, regression]...],
-# "regression_after": s, "max_known": n, "ttl_ms": ms}
-_FIRST_SEEN = (
-    _LIFECYCLE
-    + r"""
-local batch = cjson.decode(ARGV[4])
-for _, s in ipairs(batch.sightings) do
-  local old = redis.call('ZSCORE', KEYS[3], s[1])
-  redis.call('ZADD', KEYS[3], 'GT', s[2], s[1])
-  if not old then
-    transition(s[3])
-  elseif batch.regression_after > 0 and s[2] - tonumber(old) >= batch.regression_after then
-    s[4].record.value = s[2] - tonumber(old)
-    transition(s[4])
-  end
-end
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(batch.max_known + 1))
-redis.call('PEXPIRE', KEYS[3], batch.ttl_ms)
-return out
-"""
-)
-
-# Window slices, last-seen times and value reservoirs. ARGV[1]: {"counts":
-# [[counts, ids, expire_at_ms, [[key, group]...]]...], "seen": [[key, group, ts, ttl_ms]...],
-# "values": [[stats, samples, ids, group, [value...], [uniform...], [key...], cap, expire_at_ms]...]}
+# What a batch adds, in one script and one round trip: window slices, last-seen
+# times, value reservoirs and first sightings. KEYS[1], KEYS[2] and ARGV as in
+# the lifecycle, ARGV[4]: {"counts": [[counts, ids, expire_at_ms, [[group, [key...]]...]]...],
+# "seen": [[key, group, ts, ttl_ms]...],
+# "values": [[stats, samples, ids, group, [value...], [uniform...], [key...], cap, expire_at_ms]...],
+# "sightings": [[known, [[key, ts, first, regression]...], regression_after, max_known, ttl_ms]...]}
 # with keys as indexes into KEYS. An item whose idempotence key is already in
 # the slice's ids set was counted before (a redelivery) and adds nothing; ""
 # marks the collector's own observations, which have no entry to redeliver.
+# Ids go to and are looked up in the sets in chunks (SADD, SMISMEMBER), not one
+# command per event; a group's count goes up by what SADD reports as new.
 # Values travel as text so the samples keep every digit; the uniforms drive
 # reservoir sampling (Algorithm R) over the shared count, so the sample is
-# fair whichever collector saw which value.
-_RECORD = r"""
-local ops = cjson.decode(ARGV[1])
-local function first_time(ids, key)
-  return key == '' or redis.call('SADD', ids, key) == 1
+# fair whichever collector saw which value. A sighting of a key never seen
+# fires its rule's alert; one silent longer than regression_after fires a regression.
+_RECORD = (
+    _LIFECYCLE
+    + r"""
+local ops = cjson.decode(ARGV[4])
+-- One command per 1000 items: unpack is bounded by Lua's C stack. Sums the replies.
+local function in_chunks(command, key, items)
+  local total = 0
+  for first = 1, #items, 1000 do
+    total = total + redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
+  end
+  return total
 end
-for _, c in ipairs(ops.counts) do
-  local added = {}
-  for _, item in ipairs(c[4]) do
-    if first_time(KEYS[c[2]], item[1]) then
-      added[item[2]] = (added[item[2]] or 0) + 1
+-- How many of keys ids did not hold, now added to it ('' always counts).
+local function added_keys(ids, keys)
+  local added, listed = 0, {}
+  for _, key in ipairs(keys) do
+    if key == '' then
+      added = added + 1
+    else
+      listed[#listed + 1] = key
     end
   end
-  for g, n in pairs(added) do
-    redis.call('HINCRBY', KEYS[c[1]], g, n)
+  return added + in_chunks('SADD', ids, listed)
+end
+-- The keys ids does not hold yet (a set), asked in one command per chunk.
+local function unheld_keys(ids, keys)
+  local unheld, listed, listed_once = {}, {}, {}
+  for _, key in ipairs(keys) do
+    if key ~= '' and not listed_once[key] then
+      listed_once[key] = true
+      listed[#listed + 1] = key
+    end
+  end
+  for first = 1, #listed, 1000 do
+    local last = math.min(first + 999, #listed)
+    local held = redis.call('SMISMEMBER', ids, unpack(listed, first, last))
+    for i = first, last do
+      if held[i - first + 1] == 0 then unheld[listed[i]] = true end
+    end
+  end
+  return unheld
+end
+for _, c in ipairs(ops.counts) do
+  for _, g in ipairs(c[4]) do
+    local n = added_keys(KEYS[c[2]], g[2])
+    if n > 0 then
+      redis.call('HINCRBY', KEYS[c[1]], g[1], n)
+    end
   end
   redis.call('PEXPIREAT', KEYS[c[1]], c[3])
   redis.call('PEXPIREAT', KEYS[c[2]], c[3])
@@ -182,10 +200,17 @@ for _, v in ipairs(ops.values) do
   local n = tonumber(redis.call('HGET', stats, g .. '\31n') or '0')
   local low = redis.call('HGET', stats, g .. '\31min')
   local high = redis.call('HGET', stats, g .. '\31max')
-  local length = redis.call('LLEN', samples)
-  local sum, added = 0, 0
+  local stored = redis.call('LLEN', samples)
+  local length = stored
+  local unheld = unheld_keys(ids, v[7])
+  local sum, added, pushes, counted = 0, 0, {}, {}
   for i, text in ipairs(v[5]) do
-    if first_time(ids, v[7][i]) then
+    local key = v[7][i]
+    if key == '' or unheld[key] then
+      if key ~= '' then
+        unheld[key] = nil  -- a repeat within the batch counts once
+        counted[#counted + 1] = key
+      end
       local x = tonumber(text)
       n = n + 1
       added = added + 1
@@ -193,14 +218,22 @@ for _, v in ipairs(ops.values) do
       if not low or x < tonumber(low) then low = text end
       if not high or x > tonumber(high) then high = text end
       if length < cap then
-        redis.call('RPUSH', samples, text)
+        pushes[#pushes + 1] = text
         length = length + 1
       else
         local j = math.floor(v[6][i] * n)
-        if j < cap then redis.call('LSET', samples, j, text) end
+        if j < cap then
+          if j >= stored then
+            pushes[j - stored + 1] = text  -- not in the list yet: replaced before it is pushed
+          else
+            redis.call('LSET', samples, j, text)
+          end
+        end
       end
     end
   end
+  in_chunks('SADD', ids, counted)
+  in_chunks('RPUSH', samples, pushes)
   if added > 0 then
     redis.call('HSET', stats, g .. '\31n', string.format('%d', n), g .. '\31min', low, g .. '\31max', high)
     -- pcall: a sum beyond the float range is refused by Redis; avg is then off, nothing else
@@ -210,8 +243,24 @@ for _, v in ipairs(ops.values) do
   end
   redis.call('PEXPIREAT', ids, v[9])
 end
-return 1
+for _, n in ipairs(ops.sightings) do
+  local known, regression_after = KEYS[n[1]], n[3]
+  for _, s in ipairs(n[2]) do
+    local old = redis.call('ZSCORE', known, s[1])
+    redis.call('ZADD', known, 'GT', s[2], s[1])
+    if not old then
+      transition(s[3])
+    elseif regression_after > 0 and s[2] - tonumber(old) >= regression_after then
+      s[4].record.value = s[2] - tonumber(old)
+      transition(s[4])
+    end
+  end
+  redis.call('ZREMRANGEBYRANK', known, 0, -(n[4] + 1))
+  redis.call('PEXPIRE', known, n[5])
+end
+return out
 """
+)
 
 # Infinite or NaN values become null: Lua's cjson would refuse the whole batch over them.
 _encode = msgspec.json.Encoder().encode
@@ -243,7 +292,6 @@ class AlertState:
         self.state_key = f"{self.base}:state"
         self.history = history
         self._transition = client.register_script(_TRANSITION)
-        self._first_seen = client.register_script(_FIRST_SEEN)
         self._record = client.register_script(_RECORD)
 
     # --- key names ---
@@ -268,9 +316,10 @@ class AlertState:
 
     # --- writes ---
 
-    def record(self, updates: Updates) -> None:
-        """Add the window counts, value samples and last-seen times of ``updates``, each event once."""
-        keys: list[str] = []
+    def record(self, updates: Updates, first_seen: Sequence[FirstSightings], now: float) -> list[AlertRecord]:
+        """Add ``updates`` (each event once) and ``first_seen`` in one round trip; returns the
+        notifications of the first sightings (``new`` rules fire here, not on a tick)."""
+        keys: list[str] = [self.state_key, self.stream]
         index: dict[str, int] = {}
 
         def ref(key: str) -> int:
@@ -280,8 +329,8 @@ class AlertState:
             return index[key]
 
         counts = [
-            [ref(self.counts_key(name, bucket)), ref(self.ids_key(name, bucket)), slot.expire_ms, slot.items]
-            for (name, bucket), slot in updates.counts.items()
+            [ref(self.counts_key(name, bucket)), ref(self.ids_key(name, bucket)), tally.expire_ms, list(tally.groups.items())]
+            for (name, bucket), tally in updates.counts.items()
         ]
         seen = [[ref(self.seen_key(name)), group, ts, ttl] for (name, group), (ts, ttl) in updates.seen.items()]
         values = [
@@ -298,18 +347,18 @@ class AlertState:
             ]
             for (name, bucket, group), slot in updates.samples.items()
         ]
-        if counts or seen or values:
-            self._record(keys=keys, args=[_encode({"counts": counts, "seen": seen, "values": values})])
+        sightings = [
+            [ref(self.known_key(batch.rule)), batch.sightings, batch.regression_after, batch.max_known, batch.ttl_ms]
+            for batch in first_seen
+        ]
+        if not (counts or seen or values or sightings):
+            return []
+        ops = {"counts": counts, "seen": seen, "values": values, "sightings": sightings}
+        out = self._record(keys=keys, args=self._lifecycle_args(now, ops))
+        return [_alert_decoder.decode(payload) for payload in out]
 
     def _lifecycle_args(self, now: float, batch: Any) -> list[Any]:
         return [now, iso_time(now), self.history, _encode(batch), self.group]
-
-    def first_seen(self, rule: str, batch: dict[str, Any], now: float) -> list[AlertRecord]:
-        """Remember the sightings of a ``new`` rule; fire for keys never seen or silent too long."""
-        out = self._first_seen(
-            keys=[self.state_key, self.stream, self.known_key(rule)], args=self._lifecycle_args(now, batch)
-        )
-        return [_alert_decoder.decode(payload) for payload in out]
 
     def transition(self, candidates: Sequence[Candidate], expired: Sequence[Expired], now: float) -> list[AlertRecord]:
         """Apply conditions to the alerts' lifecycle; returns the notifications that went out."""

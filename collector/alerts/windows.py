@@ -17,7 +17,7 @@ __all__ = [
     "Updates",
     "aggregate",
     "breaches",
-    "bucket_expiry_ms",
+    "Slicing",
     "bucket_width_ms",
     "weighted_percentile",
     "window_buckets",
@@ -32,10 +32,6 @@ def bucket_width_ms(window: float) -> int:
     return max(MIN_BUCKET_MS, int(window * 1000) // BUCKETS_PER_WINDOW)
 
 
-def bucket_of(window: float, ts: float) -> int:
-    return int(ts * 1000) // bucket_width_ms(window)
-
-
 def window_buckets(window: float, now: float) -> range:
     """The slices that make up ``window`` ending at ``now`` (the current one included)."""
     width = bucket_width_ms(window)
@@ -44,10 +40,21 @@ def window_buckets(window: float, now: float) -> range:
     return range(current - count + 1, current + 1)
 
 
-def bucket_expiry_ms(window: float, bucket: int) -> int:
-    """When a slice can no longer be part of any window (unix ms), with one slice of slack."""
-    width = bucket_width_ms(window)
-    return (bucket + 2) * width + int(window * 1000)
+class Slicing:
+    """How one rule's window is cut into slices, worked out once for its every event."""
+
+    __slots__ = ("width_ms", "window_ms")
+
+    def __init__(self, window: float) -> None:
+        self.width_ms = bucket_width_ms(window)
+        self.window_ms = int(window * 1000)
+
+    def slice_of(self, ts: float) -> tuple[int, int]:
+        """The slice holding ``ts``, and when it can no longer be part of any window
+        (unix ms, with one slice of slack)."""
+        width = self.width_ms
+        bucket = int(ts * 1000) // width
+        return bucket, (bucket + 2) * width + self.window_ms
 
 
 class Measure(NamedTuple):
@@ -117,10 +124,10 @@ def aggregate(kind: str, slices: Sequence[BucketStats]) -> Optional[float]:
 
 
 class Slice:
-    """What one batch adds to one window slice: ``(key, item)`` pairs, kept until ``expire_ms``.
+    """What one batch adds to one value slice: ``(key, value)`` pairs, kept until ``expire_ms``.
 
     ``key`` is the event's idempotence key ("" for the collector's own synthetic
-    observations, which are never delivered twice); ``item`` a group (counts) or a value (samples).
+    observations, which are never delivered twice).
     """
 
     __slots__ = ("expire_ms", "items", "cap")
@@ -128,19 +135,43 @@ class Slice:
     def __init__(self, expire_ms: int, cap: int = 0) -> None:
         self.expire_ms = expire_ms
         self.cap = cap
-        self.items: list[tuple[str, Any]] = []
+        self.items: list[tuple[str, float]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Tally:
+    """What one batch adds to one rate slice: per group, the idempotence keys of the events counted.
+
+    Keys are kept by group so the state adds each group's keys to the slice's
+    id set in one command and counts what was new ("" keys always count).
+    """
+
+    __slots__ = ("expire_ms", "groups")
+
+    def __init__(self, expire_ms: int) -> None:
+        self.expire_ms = expire_ms
+        self.groups: dict[str, list[str]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self.groups.values())
+
+    def extend(self, other: "Tally") -> None:
+        for group, keys in other.groups.items():
+            self.groups.setdefault(group, []).extend(keys)
 
 
 class Updates:
     """What a batch of observations adds to the shared state; batches merge.
 
-    ``counts``: (rule, slice) -> groups counted; ``samples``: (rule, slice, group)
+    ``counts``: (rule, slice) -> keys per group; ``samples``: (rule, slice, group)
     -> values; ``seen``: (rule, group) -> (last seen, ttl ms); ``sightings``:
     (rule, key) -> whatever the rule needs to judge a first sighting.
     """
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, int], Slice] = {}
+        self.counts: dict[tuple[str, int], Tally] = {}
         self.samples: dict[tuple[str, int, str], Slice] = {}
         self.seen: dict[tuple[str, str], tuple[float, int]] = {}
         self.sightings: dict[tuple[str, str], Any] = {}
@@ -151,8 +182,11 @@ class Updates:
     def count(self, rule: str, bucket: int, expire_ms: int, key: str, group: str) -> None:
         slot = self.counts.get((rule, bucket))
         if slot is None:
-            slot = self.counts[(rule, bucket)] = Slice(expire_ms)
-        slot.items.append((key, group))
+            slot = self.counts[(rule, bucket)] = Tally(expire_ms)
+        keys = slot.groups.get(group)
+        if keys is None:
+            keys = slot.groups[group] = []
+        keys.append(key)
 
     def sample(self, rule: str, bucket: int, group: str, expire_ms: int, cap: int, key: str, value: float) -> None:
         slot = self.samples.get((rule, bucket, group))
@@ -168,15 +202,15 @@ class Updates:
     def size(self) -> int:
         """Roughly the number of state operations (bounds what is kept while Redis is away)."""
         return (
-            sum(len(slot.items) for slot in self.counts.values())
-            + sum(len(slot.items) for slot in self.samples.values())
+            sum(len(slot) for slot in self.counts.values())
+            + sum(len(slot) for slot in self.samples.values())
             + len(self.seen)
             + len(self.sightings)
         )
 
     def merge(self, other: "Updates") -> None:
-        for key, slot in other.counts.items():
-            self.counts.setdefault(key, Slice(slot.expire_ms)).items.extend(slot.items)
+        for key, tally in other.counts.items():
+            self.counts.setdefault(key, Tally(tally.expire_ms)).extend(tally)
         for key, slot in other.samples.items():
             self.samples.setdefault(key, Slice(slot.expire_ms, slot.cap)).items.extend(slot.items)
         for (rule, group), (ts, ttl) in other.seen.items():
@@ -191,5 +225,5 @@ class Updates:
         dropped = 0
         for table in (self.counts, self.samples):
             for key in [key for key, slot in table.items() if slot.expire_ms < now_ms]:
-                dropped += len(table.pop(key).items)  # type: ignore[attr-defined]
+                dropped += len(table.pop(key))  # type: ignore[arg-type]
         return dropped

@@ -16,8 +16,8 @@ import msgspec
 
 from collector.alerts.config import AlertsConfig, Rule
 from collector.alerts.observation import Matcher, Observation, label_name, label_value
-from collector.alerts.records import AlertRecord, Candidate, alert_fingerprint
-from collector.alerts.windows import Measure, Updates
+from collector.alerts.records import AlertRecord, Candidate, FirstSightings, alert_fingerprint
+from collector.alerts.windows import Measure, Slicing, Updates
 from collector.durations import format_duration
 
 if TYPE_CHECKING:
@@ -86,9 +86,9 @@ class AlertRule:
         """Whether the rule can judge yet (absence rules wait a period after a start)."""
         return True
 
-    def write_pending(self, state: "AlertState", updates: Updates, now: float) -> list[AlertRecord]:
-        """Write what only this rule understands in ``updates`` (``new`` rules: sightings)."""
-        return []
+    def first_sightings(self, updates: Updates) -> Optional[FirstSightings]:
+        """This rule's first sightings in ``updates``, for the state to judge (``new`` rules)."""
+        return None
 
     def default_summary(self, group: Mapping[str, str], value: Optional[float], firing: bool) -> str:
         where = f" for {group_text(group)}" if group else ""
@@ -99,7 +99,10 @@ class AlertRule:
     def group_key(self, obs: Observation) -> str:
         if not self.rule.group_by:
             return "[]"
-        return json_text([label_value(obs.get(name)) for name in self.rule.group_by])
+        return json_text(self.group_values(obs))
+
+    def group_values(self, obs: Observation) -> list[str]:
+        return [label_value(obs.get(name)) for name in self.rule.group_by]
 
     def group_labels(self, group: str) -> dict[str, str]:
         values = json.loads(group)
@@ -174,9 +177,14 @@ class AlertRule:
 class WindowedRule(AlertRule):
     """A kind measured over the rule's sliding ``window`` against its ``threshold`` (rate, value)."""
 
+    def __init__(self, rule: Rule, config: AlertsConfig) -> None:
+        super().__init__(rule, config)
+        self._window = float(rule.window)  # type: ignore[union-attr]
+        self.slicing = Slicing(self._window)
+
     @property
     def window(self) -> float:
-        return float(self.rule.window)
+        return self._window
 
     @property
     def threshold(self) -> Optional[float]:

@@ -6,18 +6,14 @@ and a key silent for ``regression_after`` that shows up again fires as a regress
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from collector.alerts.kinds.base import AlertRule, json_text
 from collector.alerts.observation import Observation, label_name, label_value
-from collector.alerts.records import AlertRecord
+from collector.alerts.records import AlertRecord, FirstSightings
 from collector.alerts.windows import Updates
 from collector.durations import format_duration
 from emitters.fingerprint import fingerprint, message_template
-
-if TYPE_CHECKING:
-    from collector.alerts.state import AlertState
 
 __all__ = ["NewKind", "Sighting", "KNOWN_TTL_MIN"]
 
@@ -51,10 +47,11 @@ class NewKind(AlertRule):
         key_value = self._key(obs)
         if key_value is None:
             return
-        group = self.group_key(obs)
-        identity = json_text([key_value, *json.loads(group)])
+        values = self.group_values(obs)
+        identity = json_text([key_value, *values])
         known = updates.sightings.get((self.name, identity))
         if known is None:
+            group = json_text(values)
             updates.sightings[(self.name, identity)] = self._sighting(obs, identity, group, key_value)._replace(ts=ts)
         elif ts > known.ts:
             updates.sightings[(self.name, identity)] = known._replace(ts=ts)
@@ -76,27 +73,23 @@ class NewKind(AlertRule):
         )
         return Sighting(key=identity, group=group, ts=obs.ts, first=first, regression=regression)
 
-    def write_pending(self, state: "AlertState", updates: Updates, now: float) -> list[AlertRecord]:
-        mine = [key for key in updates.sightings if key[0] == self.name]
-        if not mine:
-            return []
-        sightings = [updates.sightings[key] for key in mine]
+    def first_sightings(self, updates: Updates) -> Optional[FirstSightings]:
+        sightings = [sighting for (name, _), sighting in updates.sightings.items() if name == self.name]
+        if not sightings:
+            return None
         rule = self.rule
-        batch = {
-            "sightings": [
-                [
+        return FirstSightings(
+            rule=self.name,
+            sightings=[
+                (
                     sighting.key,
                     sighting.ts,
                     self.candidate(sighting.group, sighting.first, active=True),
                     self.candidate(sighting.group, sighting.regression, active=True),
-                ]
+                )
                 for sighting in sightings
             ],
-            "regression_after": float(rule.regression_after),
-            "max_known": rule.max_known,
-            "ttl_ms": int(max(KNOWN_TTL_MIN, 2 * rule.regression_after) * 1000),
-        }
-        out = state.first_seen(self.name, batch, now)
-        for key in mine:
-            del updates.sightings[key]
-        return out
+            regression_after=float(rule.regression_after),
+            max_known=rule.max_known,
+            ttl_ms=int(max(KNOWN_TTL_MIN, 2 * rule.regression_after) * 1000),
+        )

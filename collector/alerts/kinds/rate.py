@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 from collector.alerts.kinds.base import Reader, WindowedRule, group_text, text
 from collector.alerts.observation import Observation
-from collector.alerts.windows import Measure, Updates, breaches, bucket_expiry_ms, bucket_of, window_buckets
+from collector.alerts.windows import Measure, Updates, breaches, window_buckets
 from collector.durations import format_duration
 
 if TYPE_CHECKING:
@@ -28,10 +28,10 @@ class RateKind(WindowedRule):
     clear_value = 0.0
 
     def observe(self, obs: Observation, ts: float, now: float, updates: Updates) -> None:
-        if ts <= now - self.window:
+        if ts <= now - self._window:
             return
-        bucket = bucket_of(self.window, ts)
-        updates.count(self.name, bucket, bucket_expiry_ms(self.window, bucket), obs.key, self.group_key(obs))
+        bucket, expire_ms = self.slicing.slice_of(ts)
+        updates.count(self.name, bucket, expire_ms, obs.key, self.group_key(obs))
 
     def read(self, state: "AlertState", pipe: Any, now: float) -> Optional[Reader]:
         buckets = window_buckets(self.window, now)

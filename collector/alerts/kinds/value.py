@@ -13,8 +13,6 @@ from collector.alerts.windows import (
     Updates,
     aggregate,
     breaches,
-    bucket_expiry_ms,
-    bucket_of,
     window_buckets,
 )
 from collector.durations import format_duration
@@ -43,13 +41,12 @@ class ValueKind(WindowedRule):
     kind = "value"
 
     def observe(self, obs: Observation, ts: float, now: float, updates: Updates) -> None:
-        if ts <= now - self.window:
+        if ts <= now - self._window:
             return
         value = obs.get(self.rule.field)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return
-        bucket = bucket_of(self.window, ts)
-        expire = bucket_expiry_ms(self.window, bucket)
+        bucket, expire = self.slicing.slice_of(ts)
         updates.sample(self.name, bucket, self.group_key(obs), expire, self.rule.max_samples, obs.key, float(value))
 
     def read(self, state: "AlertState", pipe: Any, now: float) -> Optional[Reader]:
