@@ -60,7 +60,7 @@ class Batcher:
         live_flush_interval: float,
         lingers: bool,
         max_backoff: float,
-        periodic: Callable[[], None],
+        periodic: Callable[[], float],
     ) -> None:
         self._builder = builder
         self._shipper = shipper
@@ -84,13 +84,17 @@ class Batcher:
         self._buffer: deque[tuple[Any, ...]] = deque()
         self._inflight: Optional[_Batch] = None  # being shipped; retried as is until Redis takes it
         self._staged: Optional[_Batch] = None  # prepared while Redis runs the inflight batch
+        self._owed = 0  # buffered events that waited out the hold-back: they ship in this drain
         self._lock = threading.Lock()  # worker start, batch hand-over
         self._idle = threading.Condition(self._lock)
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # ship now: batch full, flush, close, an event ends a linger
+        self._arrived = threading.Event()  # the buffer was empty and is not any more
         self._stop = threading.Event()
         self.closed = False
         self._worker: Optional[threading.Thread] = None
         self._lingering = False  # the worker holds back live tokens; other events wake it
+        self._sleeping = False  # the worker waits for the buffer to fill; the first event wakes it
+        self._flush_requested = False  # flush() wants everything buffered shipped now
         self.connected: Optional[bool] = None
         self.last_error: Optional[str] = None
         self.restarts = 0
@@ -109,6 +113,8 @@ class Batcher:
         buffer.append(capture)
         if self._worker is None:
             self._start_worker()
+        elif self._sleeping and not self._arrived.is_set():
+            self._arrived.set()
         elif (len(buffer) >= self.batch_size or (self._lingering and capture[0] is not TokenGenerated)) and not self._wake.is_set():
             self._wake.set()
 
@@ -122,6 +128,7 @@ class Batcher:
     def flush(self, timeout: float) -> bool:
         """Wait until everything buffered so far reached Redis; False on timeout."""
         deadline = time.monotonic() + timeout
+        self._flush_requested = True
         self._wake.set()
         with self._idle:
             while self._buffer or self._inflight is not None or self._staged is not None:
@@ -136,6 +143,7 @@ class Batcher:
         self.closed = True
         self._stop.set()
         self._wake.set()
+        self._arrived.set()
         if self._worker is not None:
             self._worker.join(max(0.0, min(timeout, 1.0)))
         with self._lock:
@@ -169,18 +177,17 @@ class Batcher:
     def _loop(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():
-            self._periodic()
-            linger = 0.0 if backoff else self._live_linger()
-            if linger > 0:
-                # Only young live tokens are buffered: sleep until they are due,
-                # unless another event arrives first (offer wakes us then).
-                self._lingering = True
-                self._wake.wait(linger)
-                self._lingering = False
-            elif not self._wake.wait(backoff or self.flush_interval) and not backoff and self._live_linger() > 0:
+            periodic_due = self._periodic()
+            if backoff:
+                self._wake.wait(backoff)
+            elif self._sleep_while_empty(periodic_due):
                 continue
+            else:
+                self._hold_back()
+            self._flush_requested = False
             self._wake.clear()
-            while self._buffer or self._inflight is not None or self._staged is not None:
+            self._owed = len(self._buffer)
+            while self._inflight is not None or self._staged is not None or self._due_now():
                 if self._stop.is_set():
                     return
                 if self._ship_one():
@@ -191,19 +198,72 @@ class Batcher:
                 self._stop.wait(random.uniform(backoff / 2, backoff))
                 break
 
-    def _live_linger(self) -> float:
-        """Seconds the buffer may still wait, when it holds nothing but live token
-        events younger than ``live_flush_interval``; 0 otherwise.
+    def _due_now(self) -> bool:
+        """Whether buffered events ship at once, behind the batch in flight: those that
+        waited out the hold-back, a full batch, or all when flush() or close() asked.
 
-        Each batch costs the host process a fixed ~0.2 ms of CPU, so a token
-        stream shipped every ``flush_interval`` would pay it for a handful of
-        events; lingering ships the same tokens in a few larger batches.
+        Events that arrive while a batch ships wait for the next hold-back unless they
+        fill a batch: a trickle must not turn into a stream of one-event batches.
         """
-        if not self._lingers or self._inflight is not None or self._staged is not None:
-            return 0.0
+        buffer = self._buffer
+        return bool(buffer) and (self._owed > 0 or len(buffer) >= self.batch_size or self._wake.is_set())
+
+    def _sleep_while_empty(self, timeout: float) -> bool:
+        """With nothing buffered, sleep until an event arrives (``offer`` wakes us), the
+        emitter closes or ``timeout`` passes; True when the buffer is still empty.
+
+        An idle emitter must cost its host nothing: polling every ``flush_interval``
+        cost ~0.7% of a core doing nothing (100 timed waits a second).
+        """
+        if self._buffer:
+            return False
+        self._arrived.clear()
+        self._sleeping = True  # set before looking at the buffer: an offer after this wakes us
+        try:
+            if not self._buffer and not self._stop.is_set():
+                self._arrived.wait(timeout)
+        finally:
+            self._sleeping = False
+        return not self._buffer
+
+    def _hold_back(self) -> None:
+        """Let a young batch grow before it ships: ``flush_interval``, or, while only live
+        token events are buffered, until the oldest is ``live_flush_interval`` old.
+
+        Each batch costs the host process a fixed 0.1-0.3 ms of CPU, so a token
+        stream shipped every ``flush_interval`` would pay it for a handful of events;
+        lingering ships the same tokens in a few larger batches. A full batch,
+        flush() or close() ends the wait (``offer`` and ``flush`` set ``_wake``); any
+        other event cuts it to ``flush_interval`` from its arrival, so that what
+        follows it closely (a generation's ``span.ended`` after its
+        ``generation.completed``) rides in the same batch.
+        """
+        if len(self._buffer) >= self.batch_size:
+            return
+        if self._lingers:
+            self._lingering = True  # from here on, an offered non-token event wakes us
+            linger = self._live_linger()
+            if linger is not None:
+                woken = linger > 0 and self._wake.wait(linger)
+                self._lingering = False
+                if woken and not self._must_ship():
+                    self._wake.clear()
+                    if not self._must_ship():
+                        self._wake.wait(self.flush_interval)
+                return
+            self._lingering = False
+        self._wake.wait(self.flush_interval)
+
+    def _must_ship(self) -> bool:
+        """A full batch, flush() or close(): what is buffered ships without waiting."""
+        return self._flush_requested or self._stop.is_set() or len(self._buffer) >= self.batch_size
+
+    def _live_linger(self) -> Optional[float]:
+        """Seconds until the oldest buffered event is due, when the buffer holds
+        nothing but live token events; None otherwise."""
         pending = self._buffer.copy()  # atomic under the GIL, unlike iterating the deque
         if not pending or not all(capture[0] is TokenGenerated for capture in pending):
-            return 0.0
+            return None
         return max(0.0, (pending[0][3] + self._live_flush_ns - _time_ns()) / 1e9)
 
     def _claim(self) -> _Batch:
@@ -216,6 +276,7 @@ class Batcher:
         with self._idle:
             self._losses.buffered(len(self._buffer))
             captures = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+            self._owed -= len(captures)
             batch = _Batch(captures)
             if self._inflight is None:
                 self._inflight = batch
@@ -237,6 +298,7 @@ class Batcher:
             if size >= _MAX_BATCH_BYTES:
                 with self._idle:
                     self._buffer.extendleft(reversed(captures[index:]))
+                    self._owed += len(captures) - index
                 break
             try:
                 route, payload = build(capture)
@@ -260,7 +322,7 @@ class Batcher:
             batch.prepared = True
 
     def _prepare_next(self) -> None:
-        if self._staged is None and self._buffer:
+        if self._staged is None and self._due_now():
             self._prepare(self._claim())
 
     def _ship_one(self) -> bool:

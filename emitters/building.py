@@ -38,6 +38,7 @@ from emitters.fingerprint import error_type_name, fingerprint, fingerprint_excep
 from emitters.policy import out_of_range
 from emitters.privacy import Privacy
 from emitters.shipper import TO_ERRORS, TO_EVENTS, TO_LIVE, TO_REPORT
+from emitters.tokens import TokenTemplates
 from emitters.validation import ValidationError, check_id, explain, invalid, overflowing_field
 
 __all__ = ["ARGUMENTS", "MISSING", "EventBuilder", "TooLarge", "error_fields"]
@@ -71,6 +72,7 @@ ARGUMENTS: dict[type, tuple[str, ...]] = {
     CustomEvent: ("type",),
 }
 _SCALARS = (str, int, float, bool)
+_TEMPLATE_FIELDS = frozenset({"logprob"})
 
 # Envelope fields the emitter generates or checks once, at construction or scope
 # entry, instead of per event: their regex constraints cost ~5 us an event.
@@ -124,6 +126,7 @@ class EventBuilder:
     ) -> None:
         self.service = service
         self.host = host
+        self._tokens = TokenTemplates()
         self.pid = 0
         self._privacy = privacy
         self._token_mode = token_route
@@ -133,6 +136,15 @@ class EventBuilder:
         self._strict = strict
         self._encoder = msgspec.msgpack.Encoder()
 
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @pid.setter
+    def pid(self, pid: int) -> None:
+        self._pid = pid
+        self._tokens.clear()  # their pid is the parent's
+
     def encode(self, value: Any) -> bytes:
         return self._encoder.encode(value)
 
@@ -141,6 +153,15 @@ class EventBuilder:
         cls, arguments, fields, ts, scope = capture
         if cls is None:
             return arguments, fields  # strict mode built it at the call site
+        template = False
+        if cls is TokenGenerated and not self._strict:
+            event = self._tokens.event(arguments, fields, ts, scope)
+            if event is not None:
+                payload = self._encoder.encode(event)
+                if len(payload) <= self._max_bytes:
+                    return self._token_route(), payload
+            # A plain call (a logprob at most) makes its generation's template.
+            template = len(arguments) == 4 and fields.keys() <= _TEMPLATE_FIELDS
         allowed = _FIELDS[cls]
         # The captured kwargs dict is ours alone: when every key is a typed field
         # (the usual case) it becomes the event's fields without a copy.
@@ -162,7 +183,7 @@ class EventBuilder:
                 typed.setdefault(name, value)
         self._privacy.scrub(typed)
         typed.setdefault("ts", ts)
-        typed.update(id="%032x" % _random_bits(128), service=self.service, host=self.host, pid=self.pid)
+        typed.update(id="%032x" % _random_bits(128), service=self.service, host=self.host, pid=self._pid)
         try:
             # convert validates every caller-supplied field against the contract and
             # builds the struct in one pass; a ValidationError names the field and rule.
@@ -180,6 +201,8 @@ class EventBuilder:
         if len(payload) > self._max_bytes:
             raise TooLarge(f"Expected an event of at most max_event_bytes={self._max_bytes} bytes, got {len(payload)}")
         if cls is TokenGenerated:
+            if template:
+                self._tokens.remember(event, scope)
             return self._token_route(), payload
         if cls is ClientReport:
             return TO_REPORT, payload

@@ -353,12 +353,14 @@ class Emitter:
 
     # -- client reports -----------------------------------------------------
 
-    def _maybe_report(self) -> None:
-        """On the worker: ship a client report when one is due and there were losses or reconnects."""
+    def _maybe_report(self) -> float:
+        """On the worker: ship a client report when one is due and there were losses or
+        reconnects; seconds until the next one is due."""
         now = time.monotonic()
         if now >= self._next_report:
             self._next_report = now + self.report_interval
             self._report()
+        return self._next_report - now
 
     def _report(self) -> None:
         fields = self._losses.report()

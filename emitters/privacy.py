@@ -27,6 +27,7 @@ __all__ = ["PERSONAL_FIELDS", "Privacy", "prompt_fields", "resolve_secret"]
 PERSONAL_FIELDS = frozenset({"user_id"})
 # Nested mappings that carry caller-chosen keys, where a personal key may hide.
 _NESTED = ("attrs", "context", "metadata")
+_SCRUBBED = PERSONAL_FIELDS | frozenset(_NESTED)
 
 
 def resolve_secret(configured: str | bytes | None) -> bytes:
@@ -60,6 +61,8 @@ class Privacy:
 
     def scrub(self, fields: dict[str, Any]) -> None:
         """Replace every personal value in ``fields`` (an event being built) by its hash."""
+        if _SCRUBBED.isdisjoint(fields):
+            return  # most events: nothing personal, nothing nested
         for name in PERSONAL_FIELDS:
             if fields.get(name) is not None:
                 fields[name] = self.hash_value(fields[name])

@@ -90,7 +90,7 @@ local function guard(key, kind, excess)
     record(key, kind, '-', #doomed, first, last)
   end
   for _, info in ipairs(groups) do
-    local name, delivered, read
+    local name, delivered, read, counts_reads
     for j = 1, #info, 2 do
       local field = info[j]
       if field == 'name' then
@@ -99,6 +99,7 @@ local function guard(key, kind, excess)
         delivered = info[j + 1]
       elseif field == 'entries-read' then
         read = info[j + 1]
+        counts_reads = true  -- Redis 7: SETID takes ENTRIESREAD (6.2 has neither)
       end
     end
     local lost, from = 0, nil
@@ -108,7 +109,7 @@ local function guard(key, kind, excess)
         from = from or entry[1]
       end
     end
-    if type(read) ~= 'number' and delivered == '0-0' then
+    if counts_reads and type(read) ~= 'number' and delivered == '0-0' then
       read = 0  -- made at 0, has read nothing yet
     end
     if lost > 0 then
