@@ -121,16 +121,19 @@ _LOG_SPAN_ID = wire.tag(_LOG, "span_id") + b"\x08"
 _T_EVENT_NAME = wire.tag(_LOG, "event_name")
 
 _SPAN = trace_pb2.Span.DESCRIPTOR
-_T_SPAN_TRACE_ID = wire.tag(_SPAN, "trace_id")
-_T_SPAN_SPAN_ID = wire.tag(_SPAN, "span_id")
-_T_SPAN_PARENT = wire.tag(_SPAN, "parent_span_id")
+_T_SPAN_TRACE_ID_16 = wire.tag(_SPAN, "trace_id") + b"\x10"
+_T_SPAN_SPAN_ID_8 = wire.tag(_SPAN, "span_id") + b"\x08"
+_T_SPAN_PARENT_ID = wire.tag(_SPAN, "parent_span_id") + b"\x08"
 _T_SPAN_NAME = wire.tag(_SPAN, "name")
-_T_SPAN_KIND = wire.tag(_SPAN, "kind")
+_KIND_INTERNAL = wire.tag(_SPAN, "kind") + wire.varint(_SPAN_KIND_INTERNAL)
 _T_SPAN_START = wire.tag(_SPAN, "start_time_unix_nano")
 _T_SPAN_END = wire.tag(_SPAN, "end_time_unix_nano")
 _T_SPAN_ATTRIBUTE = wire.tag(_SPAN, "attributes")
 _T_SPAN_STATUS = wire.tag(_SPAN, "status")
 _T_SPAN_FLAGS = wire.tag(_SPAN, "flags")
+_FLAGS_ROOT = _T_SPAN_FLAGS + struct.pack("<I", _SAMPLED)
+_FLAGS_LOCAL = _T_SPAN_FLAGS + struct.pack("<I", _SAMPLED | _HAS_IS_REMOTE)
+_FLAGS_REMOTE = _T_SPAN_FLAGS + struct.pack("<I", _SAMPLED | _HAS_IS_REMOTE | _IS_REMOTE)
 _T_SPAN_EVENT = wire.tag(_SPAN, "events")
 _SPAN_EVENT = trace_pb2.Span.Event.DESCRIPTOR
 _T_SPAN_EVENT_TIME = wire.tag(_SPAN_EVENT, "time_unix_nano")
@@ -181,6 +184,7 @@ class Translator:
         self._traces = RequestBuilder(TRACES, self.options, resources)
         self._attributes = AttributeEncoder(self.options.capture_content)
         self._types: dict[str, _TypeFields] = {}
+        self._generation: dict[tuple[str, str], list[bytes]] = {}
         # Failed generations take their start from the request's generation.started.
         self.starts = StartTimes()
 
@@ -287,40 +291,52 @@ class Translator:
 
     def _span(self, event: Event, shape: SpanShape, items: list[bytes]) -> bytes:
         model = getattr(event, "model", None)
-        parts = [
-            _T_SPAN_TRACE_ID + b"\x10" + shape.trace_id,
-            _T_SPAN_SPAN_ID + b"\x08" + shape.span_id,
-        ]
-        flags = _SAMPLED
-        if shape.parent_span_id is not None:
-            parts.append(_T_SPAN_PARENT + b"\x08" + shape.parent_span_id)
-            flags |= _HAS_IS_REMOTE | (_IS_REMOTE if shape.parent_remote else 0)
-        parts.append(_T_SPAN_FLAGS + struct.pack("<I", flags))
         if type(event) is SpanEnded:
             name = event.name
         elif shape.generation:
             operation = operation_name(event, self.options)
             name = f"{operation} {model or 'unknown'}"
-            generation = [_OPERATION.item(operation), self._provider.item(provider_name(event, self.options))]
             if not SPAN_CONSUMED.isdisjoint(event.attrs):
                 items = self._attributes.items(event, consumed=SPAN_CONSUMED)
-            items = generation + items
+            items = self._generation_items(operation, provider_name(event, self.options)) + items
         else:
             name = f"{event.type} {model}" if model else event.type
         failure = shape.failure
         if failure is not None and type(event) is not ErrorEvent and ERROR_TYPE_KEY not in event.attrs:
             items = items + [_ERROR_TYPE.item(failure.error_type)]
-        parts.append(wire.length_delimited(_T_SPAN_NAME, name.encode()))
-        parts.append(_T_SPAN_KIND + wire.varint(_SPAN_KIND_INTERNAL))
-        parts.append(wire.fixed64(_T_SPAN_START, shape.start_ns))
-        parts.append(wire.fixed64(_T_SPAN_END, shape.end_ns))
-        parts.append(wire.repeated(_T_SPAN_ATTRIBUTE, items))
+        if shape.parent_span_id is None:
+            parent = _FLAGS_ROOT
+        else:
+            parent = _T_SPAN_PARENT_ID + shape.parent_span_id + (_FLAGS_REMOTE if shape.parent_remote else _FLAGS_LOCAL)
+        parts = [
+            _T_SPAN_TRACE_ID_16,
+            shape.trace_id,
+            _T_SPAN_SPAN_ID_8,
+            shape.span_id,
+            parent,
+            wire.length_delimited(_T_SPAN_NAME, name.encode()),
+            _KIND_INTERNAL,
+            _T_SPAN_START,
+            _pack_fixed64(shape.start_ns),
+            _T_SPAN_END,
+            _pack_fixed64(shape.end_ns),
+            wire.repeated(_T_SPAN_ATTRIBUTE, items),
+        ]
         if failure is not None:
             parts.append(wire.length_delimited(_T_SPAN_EVENT, _exception_event(event.ts, failure)))
             status = _T_STATUS_CODE + wire.varint(_STATUS_ERROR)
             status += wire.length_delimited(_T_STATUS_MESSAGE, failure.message.encode())
             parts.append(wire.length_delimited(_T_SPAN_STATUS, status))
         return b"".join(parts)
+
+    def _generation_items(self, operation: str, provider: str) -> list[bytes]:
+        """``gen_ai.operation.name`` and the provider: a handful of values, encoded once each."""
+        pair = self._generation.get((operation, provider))
+        if pair is None:
+            if len(self._generation) >= _CACHE_LIMIT:  # the values may come from attrs
+                self._generation.clear()
+            pair = self._generation[(operation, provider)] = [_OPERATION.item(operation), self._provider.item(provider)]
+        return pair
 
 
 def _sized(message: bytes) -> bytes:
