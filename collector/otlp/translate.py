@@ -205,7 +205,7 @@ class Translator:
         # After each record's time: the observed time (the same for the batch) and its severity.
         after_time = {name: _T_OBSERVED + _pack_fixed64(observed_ns) + fields for name, fields in _SEVERITY_FIELDS.items()}
         starts = self.starts
-        attribute_items = self._attributes.items
+        attribute_items, log_record = self._attributes.items, self._log_record
         for event in events:
             if type(event) is GenerationStarted:
                 starts.note(event)
@@ -216,18 +216,18 @@ class Translator:
             key = (event.service, event.host, event.pid)
             items = attribute_items(event)
             if log:
-                record = self._log_record(event, after_time[event.severity], items)
+                record = log_record(event, after_time[event.severity], items)
+                size = len(record)
                 group = log_groups.get(key)
                 if group is None:
                     group = log_groups[key] = []
-                group.append(_sized(record))
+                group.append((_SMALL_VARINTS[size] if size < 16384 else wire.varint(size)) + record)
                 log_count += 1
             if shape is not None:
-                span = self._span(event, shape, items)
                 group = span_groups.get(key)
                 if group is None:
                     group = span_groups[key] = []
-                group.append(_sized(span))
+                group.append(_sized(self._span(event, shape, items)))
                 span_count += 1
         return _payloads(self._logs.build(log_groups), log_count), _payloads(self._traces.build(span_groups), span_count)
 
@@ -265,15 +265,7 @@ class Translator:
         else:
             ids = _LOG_TRACE_ID + bytes.fromhex(trace_id) + _LOG_SPAN_ID + bytes.fromhex(event.span_id)
         return b"".join(
-            (
-                _T_TIME,
-                _pack_fixed64(event.ts),
-                after_time,
-                body,
-                wire.repeated(_T_LOG_ATTRIBUTE, items),
-                ids,
-                fields.event_name,
-            )
+            (_T_TIME, _pack_fixed64(event.ts), after_time, body, wire.repeated(_T_LOG_ATTRIBUTE, items), ids, fields.event_name)
         )
 
     def _type_fields(self, event_type: str) -> _TypeFields:
