@@ -47,8 +47,6 @@ FIELD_KEYS: dict[tuple[str, str], str] = {
 ERROR_TYPE_KEY = "error.type"
 # Fields whose value is a list in the convention (a string array attribute).
 ARRAY_FIELDS = frozenset({("generation.completed", "finish_reason")})
-# Fields holding a map of attributes, flattened to `<key>.<map key>`.
-MAP_FIELDS = frozenset({("model.loaded", "metadata"), ("error", "context"), ("client.report", "dropped")})
 # Content, exported only with capture_content.
 CONTENT_FIELDS = frozenset({("generation.started", "prompt"), ("token.generated", "token")})
 

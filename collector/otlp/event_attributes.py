@@ -18,7 +18,6 @@ from collector.otlp.attributes import (
     CONTENT_FIELDS,
     ENVELOPE_KEYS,
     ERROR_TYPE_KEY,
-    MAP_FIELDS,
     RESERVED,
     attribute_key_for,
 )
@@ -45,12 +44,11 @@ class ArrayKey(AttributeKey):
 class _Plan:
     """Which fields of one event class become which attributes, in order."""
 
-    __slots__ = ("values", "keys", "maps")
+    __slots__ = ("values", "keys")
 
-    def __init__(self, fields: list[str], keys: list[AttributeKey], maps: dict[str, str]) -> None:
+    def __init__(self, fields: list[str], keys: list[AttributeKey]) -> None:
         self.values: Callable[[Any], tuple[Any, ...]] = attrgetter(*fields)
         self.keys = tuple(keys)
-        self.maps = maps  # map field's attribute key -> the prefix of its entries' keys
 
 
 _ENVELOPE = [(field, AttributeKey(key)) for field, key in ENVELOPE_KEYS.items()]
@@ -61,7 +59,6 @@ _ERROR_TYPE = AttributeKey(ERROR_TYPE_KEY)
 def _plan(cls: Optional[type], capture_content: bool) -> _Plan:
     fields = [field for field, _ in _ENVELOPE]
     keys = [key for _, key in _ENVELOPE]
-    maps: dict[str, str] = {}
     if cls is not None and cls is not SpanEnded:  # a scope's span says it all in span fields
         event_type = cls.type  # type: ignore[attr-defined]
         for field in cls.__struct_fields__:  # type: ignore[attr-defined]
@@ -69,15 +66,12 @@ def _plan(cls: Optional[type], capture_content: bool) -> _Plan:
             if field in _ENVELOPE_FIELDS or (typed in CONTENT_FIELDS and not capture_content):
                 continue
             name = attribute_key_for(event_type, field)
-            key = ArrayKey(name) if typed in ARRAY_FIELDS else AttributeKey(name)
-            if typed in MAP_FIELDS:
-                maps[key.name] = name
             fields.append(field)
-            keys.append(key)
+            keys.append(ArrayKey(name) if typed in ARRAY_FIELDS else AttributeKey(name))
         if cls is ErrorEvent:  # besides exception.type, the low-cardinality error.type
             fields.append("error_type")
             keys.append(_ERROR_TYPE)
-    return _Plan(fields, keys, maps)
+    return _Plan(fields, keys)
 
 
 class AttributeEncoder:
@@ -120,10 +114,9 @@ class AttributeEncoder:
                 number = _SMALL_VARINTS[value]
                 append(key.int_heads[len(number)] + number)
                 continue
-            elif kind is dict:
-                prefix = plan.maps[key.name]
+            elif kind is dict:  # metadata, context, dropped: `<key>.<map key>` per entry
                 for name, entry in value.items():
-                    append(self.key(f"{prefix}.{name}").item(entry))
+                    append(self.key(f"{key.name}.{name}").item(entry))
                 continue
             append(key.item(value))
         attrs = event.attrs
