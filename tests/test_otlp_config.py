@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from collector.config import ConfigError, dec_hook, load_config, redacted
-from collector.otlp.config import OtlpConfig, cli_options, options_to_overrides, parse_headers
+from collector.otlp.cli import cli_options, options_to_overrides
+from collector.otlp.config import OtlpConfig, parse_headers
 
 
 def convert(**fields: Any) -> OtlpConfig:

@@ -18,6 +18,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from collector.otlp import wire
+from collector.otlp.event_attributes import ArrayKey, AttributeEncoder
 from collector.otlp.translate import TranslateOptions, Translator
 from emitters.events import (
     CustomEvent,
@@ -470,3 +471,19 @@ class TestWire:
         _, exported = only_record(event)
         for key, value in attrs.items():
             assert exported.get(key, exported.get(f"attrs.{key}")) == value
+
+    @pytest.mark.parametrize("name", ["k", "gen_ai.request.model", "é" * 128])
+    def test_prepared_heads_match_the_general_encoding(self, name: str) -> None:
+        """The hot path's per-key heads give the bytes sized_attribute gives, at every size boundary."""
+        values: list[Any] = ["x" * size for size in (0, 1, 124, 125, 126, 127, 300)] + ["é" * 63, "é" * 64]
+        values += [0, 127, 128, 16383, 16384, -1, 2**64, True, False, 0.0, -2.5]
+        attrs = {f"{name}{index}": value for index, value in enumerate(values)}
+        encoder = AttributeEncoder(capture_content=False)
+        items = encoder.items(CustomEvent(**envelope(type="job.created", attrs=attrs)))
+        expected = [wire.sized_attribute(wire.attribute_key(key), value) for key, value in attrs.items()]
+        assert items[-len(attrs) :] == expected
+        key = wire.AttributeKey(name)
+        assert [key.item(value) for value in values] == [wire.sized_attribute(key.encoded, value) for value in values]
+        array = ArrayKey(name)
+        for size in (0, 125):
+            assert (array.string_heads[size] or array.string_head(size)) + b"x" * size == array.item("x" * size)

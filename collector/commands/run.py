@@ -34,7 +34,7 @@ from collector.embedded import RedisNotFound, RedisProcess, free_port, port_is_f
 from collector.exitcodes import EXIT_USAGE
 from collector.http.embed import CollectorHttp
 from collector.logsetup import configure_logging
-from collector.otlp.config import cli_options as otlp_cli_options
+from collector.otlp.cli import cli_options as otlp_cli_options
 from collector.pipeline import build_collector
 from collector.preflight import preflight
 from collector.redisconn import redact_url

@@ -1,13 +1,12 @@
-"""Attribute names of events' fields, and per event class which field becomes which attribute.
+"""Attribute names of events' fields (the naming rules: :mod:`collector.otlp.translate`).
 
-See :mod:`collector.otlp.translate` for the naming rules. Pure data, computed once at import.
+Pure data, computed once at import; :mod:`collector.otlp.event_attributes` encodes them.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from collector.otlp import wire
 from collector.otlp.options import TranslateOptions
 from emitters.events import TYPED_EVENTS, Envelope, ErrorEvent, Event, SpanEnded
 
@@ -48,8 +47,6 @@ FIELD_KEYS: dict[tuple[str, str], str] = {
 ERROR_TYPE_KEY = "error.type"
 # Fields whose value is a list in the convention (a string array attribute).
 ARRAY_FIELDS = frozenset({("generation.completed", "finish_reason")})
-# Fields holding a map of attributes, flattened to `<key>.<map key>`.
-MAP_FIELDS = frozenset({("model.loaded", "metadata"), ("error", "context"), ("client.report", "dropped")})
 # Content, exported only with capture_content.
 CONTENT_FIELDS = frozenset({("generation.started", "prompt"), ("token.generated", "token")})
 
@@ -78,48 +75,14 @@ def provider_name(event: Event, options: TranslateOptions) -> str:
     return options.provider_name
 
 
-# -- field plans: per event class, which fields become which attributes ------
-
-SCALAR, MAP, ARRAY = 0, 1, 2
-FieldPlan = tuple[str, bytes, int, str]  # field name, encoded key, kind, key (maps: prefix)
-ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__)
-
-
-def _plan(cls: type) -> tuple[tuple[FieldPlan, ...], tuple[FieldPlan, ...]]:
-    """(plan without content fields, plan with them) for a typed event class."""
-    event_type = cls.type  # type: ignore[attr-defined]
-    base: list[FieldPlan] = []
-    content: list[FieldPlan] = []
-    for field in cls.__struct_fields__:  # type: ignore[attr-defined]
-        if field in ENVELOPE_FIELDS:
-            continue
-        key = attribute_key_for(event_type, field)
-        kind = MAP if (event_type, field) in MAP_FIELDS else ARRAY if (event_type, field) in ARRAY_FIELDS else SCALAR
-        entry = (field, wire.attribute_key(key), kind, key)
-        content.append(entry)
-        if (event_type, field) not in CONTENT_FIELDS:
-            base.append(entry)
-    return tuple(base), tuple(content)
-
-
-PLANS: dict[type, tuple[tuple[FieldPlan, ...], tuple[FieldPlan, ...]]] = {
-    cls: _plan(cls) for cls in TYPED_EVENTS.values()
-}
-# A scope's span says its name, times and status in span fields, not attributes.
-PLANS[SpanEnded] = ((), ())
-ENVELOPE_PLAN = tuple((field, wire.attribute_key(key)) for field, key in ENVELOPE_KEYS.items())
-ERROR_TYPE_ENCODED = wire.attribute_key(ERROR_TYPE_KEY)
-EVENT_NAME_KEY = wire.attribute_key("event.name")
-OPERATION_ENCODED = wire.attribute_key(OPERATION_KEY)
-
-
 def _reserved(cls: Optional[type]) -> frozenset[str]:
     """Keys an event of ``cls`` sets itself; ``attrs`` with these keys get an ``attrs.`` prefix."""
     keys = set(ENVELOPE_KEYS.values()) | {"event.name"}
     if cls is ErrorEvent:  # elsewhere an emitter's own error.type is the standard one and stays
         keys.add(ERROR_TYPE_KEY)
-    if cls is not None:
-        keys |= {entry[3] for entry in PLANS[cls][1]}
+    if cls is not None and cls is not SpanEnded:  # a scope's span has no typed-field attributes
+        fields = set(cls.__struct_fields__) - set(Envelope.__struct_fields__)  # type: ignore[attr-defined]
+        keys |= {attribute_key_for(cls.type, field) for field in fields}  # type: ignore[attr-defined]
     return frozenset(keys)
 
 

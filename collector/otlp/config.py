@@ -1,4 +1,4 @@
-"""The ``[otlp]`` config section and its command-line options.
+"""The ``[otlp]`` config section (its command-line options: :mod:`collector.otlp.cli`).
 
 Precedence, highest first: ``--otlp-*`` flags, ``TELEMETRY_OTLP_*`` variables,
 the TOML file, then the standard OpenTelemetry variables, per signal first
@@ -21,19 +21,19 @@ and no repr of these objects shows it (nor any header value).
 from __future__ import annotations
 
 import os
-import ssl
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 from urllib.parse import unquote
 
-import click
 import msgspec
 
-from collector.durations import Duration, DurationParam, format_duration
+from collector.durations import Duration, format_duration
 from collector.otlp.signals import (
-    DEFAULT_TIMEOUT,
     SignalSettings,
+    check_ca_bundle,
     check_endpoint,
+    check_readable,
+    env_timeout,
     env_value,
     parse_bool,
     parse_resource_attributes,
@@ -46,8 +46,6 @@ __all__ = [
     "OtlpSettings",
     "CLI_OPTIONS",
     "SIGNALS",
-    "cli_options",
-    "options_to_overrides",
     "parse_headers",
     "DEFAULT_ENDPOINTS",
 ]
@@ -224,7 +222,7 @@ class OtlpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         compression = self.compression or value or "gzip"
         if compression not in ("gzip", "none"):
             raise ValueError(f"{variable}: must be gzip or none, got {compression!r}")
-        timeout = self.timeout if self.timeout is not None else _env_timeout(*env_value(env, signal, "TIMEOUT"))
+        timeout = self.timeout if self.timeout is not None else env_timeout(*env_value(env, signal, "TIMEOUT"))
         files: dict[str, Optional[str]] = {}
         for field_name, setting in (
             ("certificate_file", "CERTIFICATE"),
@@ -234,11 +232,11 @@ class OtlpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             value, variable = env_value(env, signal, setting)
             path = getattr(self, field_name) or value
             if path is not None:
-                _check_readable(path, f"otlp.{field_name}" if getattr(self, field_name) else variable)
+                check_readable(path, f"otlp.{field_name}" if getattr(self, field_name) else variable)
             files[field_name] = path
         if files["certificate_file"] is not None:
             field = "otlp.certificate_file" if self.certificate_file else env_value(env, signal, "CERTIFICATE")[1]
-            _check_ca_bundle(files["certificate_file"], field)
+            check_ca_bundle(files["certificate_file"], field)
         if (files["client_key_file"] is None) != (files["client_certificate_file"] is None):
             raise ValueError(
                 f"otlp.client_key_file / OTEL_EXPORTER_OTLP_{signal.upper()}_CLIENT_KEY: mTLS needs both the client"
@@ -324,35 +322,6 @@ class OtlpSettings(msgspec.Struct, frozen=True, kw_only=True):
         return f"OtlpSettings({self.describe()!r})"
 
 
-def _env_timeout(raw: Optional[str], name: str) -> Duration:
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        milliseconds = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}: expected milliseconds, got {raw!r}") from None
-    if milliseconds <= 0:
-        raise ValueError(f"{name}: must be > 0, got {raw!r}")
-    return Duration(milliseconds / 1000.0)
-
-
-def _check_readable(path: str, field: str) -> None:
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise ValueError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _check_ca_bundle(path: str, field: str) -> None:
-    try:
-        ssl.create_default_context(cafile=path)
-    except ssl.SSLError as exc:
-        raise ValueError(f"{field}: {path} is not a PEM CA bundle: {exc.reason or exc}") from None
-    except OSError as exc:
-        raise ValueError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
-
-
 def _token_from_env(env: Mapping[str, str]) -> Optional[str]:
     try:
         return secret_from_env(TOKEN_ENV, env)
@@ -372,7 +341,7 @@ def _read_token_file(path: Optional[str]) -> Optional[str]:
 
 # -- command line ----------------------------------------------------------------
 
-# (flag, field, help[, env]) as collector.config.cli_settings() reads them.
+# (flag, field, help[, env]) as collector.config.cli_settings() reads them; click: collector.otlp.cli.
 CLI_OPTIONS: tuple[tuple[str, ...], ...] = (
     ("--otlp/--no-otlp", "enabled", "Export to OTLP [default: on when an endpoint is set]."),
     ("--otlp-endpoint", "endpoint", "OTLP endpoint, http(s)://host:port [default: $OTEL_EXPORTER_OTLP_ENDPOINT]."),
@@ -384,53 +353,3 @@ CLI_OPTIONS: tuple[tuple[str, ...], ...] = (
     ("--otlp-timeout", "timeout", "Timeout of one export request [default: 10s]."),
     ("--otlp-environment", "deployment_environment", "deployment.environment resource attribute."),
 )
-
-_CLICK_KWARGS: dict[str, dict[str, Any]] = {
-    "enabled": {"default": None},
-    "protocol": {"type": click.Choice(["grpc", "http", "http/protobuf"])},
-    "headers": {"multiple": True, "metavar": "KEY=VALUE"},
-    "compression": {"type": click.Choice(["gzip", "none"])},
-    "timeout": {"type": DurationParam()},
-}
-
-
-def _envvar(option: tuple[str, ...]) -> str:
-    return option[3] if len(option) > 3 else "TELEMETRY_" + option[0].split("/")[0].lstrip("-").upper().replace("-", "_")
-
-
-def cli_options() -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
-    """Click decorators for the ``--otlp-*`` options of ``run``.
-
-    Parameter names are ``otlp__<field>``; pass the parsed values to
-    :func:`options_to_overrides`. ``TELEMETRY_OTLP_HEADERS`` holds
-    comma-separated ``KEY=VALUE`` pairs.
-    """
-    decorators = []
-    for option in CLI_OPTIONS:
-        flag, field, help_text = option[:3]
-        kwargs = dict(_CLICK_KWARGS.get(field, {}))
-        if field == "headers":
-            # One variable holds several pairs: let parse_headers split it, not click.
-            kwargs["envvar"] = None
-            help_text += f" [env: {_envvar(option)}, comma-separated]"
-        else:
-            kwargs["envvar"] = _envvar(option)
-            kwargs["show_envvar"] = True
-        decorators.append(click.option(flag, f"otlp__{field}", help=help_text, **kwargs))
-    return decorators
-
-
-def options_to_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted config paths (``otlp.endpoint``) for the ``--otlp-*`` values given.
-
-    ``params`` is click's parameter mapping (other keys are ignored); options
-    not given are left out, so the environment, the file and the defaults
-    still apply to them.
-    """
-    overrides: dict[str, Any] = {}
-    for option in CLI_OPTIONS:
-        field = option[1]
-        value = params.get(f"otlp__{field}")
-        if value is not None and value != ():
-            overrides[f"otlp.{field}"] = list(value) if field == "headers" else value
-    return overrides

@@ -61,7 +61,7 @@ class Series(msgspec.Struct, array_like=True):
         value = observation.value
         self.count += 1
         self.total += value
-        spec = SPECS[self.metric]
+        spec = observation.spec
         if isinstance(spec, HistogramSpec):
             self.low = min(self.low, value)
             self.high = max(self.high, value)
@@ -77,7 +77,7 @@ class Series(msgspec.Struct, array_like=True):
         assert event is not None
         # The span derived from the event (contract decision 2) is the one to jump to.
         exemplar = Exemplar(event.ts, observation.value, event.trace_id or event.id, event.id[:16])
-        slowest = max(self.exemplars, key=lambda item: item.value, default=None)
+        slowest = self.exemplars[0] if self.exemplars else None  # the lists below keep the slowest first
         if slowest is None:
             self.exemplars = [exemplar]
         elif observation.value >= slowest.value:

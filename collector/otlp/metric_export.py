@@ -24,7 +24,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from collector.otlp.intervals import Interval, MetricState, decode_state, encode_state, interval_request
 from collector.otlp.metric_store import MetricStore
-from collector.otlp.metrics import is_metric_event, observations
+from collector.otlp.metrics import Observation, is_metric_event, observations
 from collector.otlp.spans import StartTimes
 from collector.otlp.transport import Failed, Rejected, TooLarge, Transport
 from collector.otlp.translate import TranslateOptions
@@ -89,10 +89,15 @@ class MetricPipeline:
 
     def add(self, events: Sequence[Event]) -> int:
         """Fold the batch's metric events into the current interval; returns how many contributed."""
-        found = [obs for event in events if is_metric_event(event) for obs in observations(event, self._options, self._starts)]
+        found: list[Observation] = []
+        contributed = 0
+        for event in events:
+            if is_metric_event(event):
+                contributed += 1
+                found.extend(observations(event, self._options, self._starts))
         with self._lock:
             self._states[self.instance].observe(found)
-        return sum(1 for event in events if is_metric_event(event))
+        return contributed
 
     def persist(self) -> None:
         """Save this collector's state; raises SinkUnavailable when Redis cannot take it."""

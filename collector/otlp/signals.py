@@ -13,6 +13,7 @@ true, else TLS (``http://`` is plaintext, ``https://`` TLS).
 
 from __future__ import annotations
 
+import ssl
 from typing import Dict, Literal, Mapping, Optional
 from urllib.parse import unquote, urlsplit
 
@@ -20,7 +21,17 @@ import msgspec
 
 from collector.durations import Duration
 
-__all__ = ["SignalSettings", "check_endpoint", "env_value", "parse_bool", "parse_resource_attributes", "signal_endpoint"]
+__all__ = [
+    "SignalSettings",
+    "check_ca_bundle",
+    "check_endpoint",
+    "check_readable",
+    "env_timeout",
+    "env_value",
+    "parse_bool",
+    "parse_resource_attributes",
+    "signal_endpoint",
+]
 
 DEFAULT_TIMEOUT = Duration(10)
 
@@ -108,3 +119,35 @@ def parse_resource_attributes(value: str, name: str = "OTEL_RESOURCE_ATTRIBUTES"
             raise ValueError(f"{name}: expected key=value items separated by commas, got {item.strip()!r}")
         attributes[key.strip()] = unquote(raw.strip())
     return attributes
+
+
+def env_timeout(raw: Optional[str], name: str) -> Duration:
+    """An ``OTEL_EXPORTER_OTLP_*TIMEOUT`` value (milliseconds), else the default."""
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        milliseconds = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected milliseconds, got {raw!r}") from None
+    if milliseconds <= 0:
+        raise ValueError(f"{name}: must be > 0, got {raw!r}")
+    return Duration(milliseconds / 1000.0)
+
+
+def check_readable(path: str, field: str) -> None:
+    """A certificate or key file named by ``field`` can be opened now, not at the first export."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def check_ca_bundle(path: str, field: str) -> None:
+    """``path`` is a PEM bundle of CA certificates."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{field}: {path} is not a PEM CA bundle: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None

@@ -36,7 +36,6 @@ from collector.otlp.config import OtlpConfig, OtlpSettings, Signal
 from collector.otlp.metric_export import MetricPipeline
 from collector.otlp.metric_store import MemoryMetricStore, MetricStore
 from collector.otlp.resources import Resources
-from collector.otlp.spans import makes_log, makes_span
 from collector.otlp.split import event_ids, split_request
 from collector.otlp.translate import TranslateOptions, Translator
 from collector.otlp.transport import Failed, Rejected, TooLarge, Transport, make_transport
@@ -175,9 +174,9 @@ class OtlpSink:
         payloads: dict[Signal, list[bytes]] = {}
         items: dict[Signal, int] = {}
         if "logs" in signals:
-            payloads["logs"], items["logs"] = logs, sum(1 for event in events if makes_log(event))
+            payloads["logs"], items["logs"] = logs, logs.records
         if "traces" in signals:
-            payloads["traces"], items["traces"] = spans, sum(1 for event in events if makes_span(event))
+            payloads["traces"], items["traces"] = spans, spans.records
         return _Progress(key, payloads, items)
 
     def _send(self, progress: _Progress) -> None:

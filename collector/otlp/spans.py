@@ -91,6 +91,8 @@ class StartTimes:
 
 
 def _attr_duration(attrs: dict) -> Optional[float]:
+    if not attrs:  # most events: asked for every event, so answer the common case first
+        return None
     for key in _DURATION_ATTRS:
         value = attrs.get(key)
         if type(value) in (int, float) and value >= 0:

@@ -42,8 +42,11 @@ only with ``capture_content`` on.
 
 Resource attributes come from each event: ``service.name``, ``host.name``,
 ``process.pid``, plus ``deployment.environment.name`` (and the older
-``deployment.environment``) from config; records are grouped by resource.
-Requests are split so none exceeds ``max_request_bytes``.
+``deployment.environment``) from config; records are grouped by resource
+(:mod:`collector.otlp.resources`) and requests split so none exceeds
+``max_request_bytes`` (:mod:`collector.otlp.envelopes`). Attributes are
+encoded once per event for its record and span
+(:mod:`collector.otlp.event_attributes`).
 """
 
 from __future__ import annotations
@@ -52,8 +55,6 @@ import struct
 from typing import Iterable, Optional
 
 import msgspec
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -61,34 +62,28 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from collector.otlp import wire
 from collector.otlp.attributes import (
     ENVELOPE_KEYS,
+    ERROR_TYPE_KEY,
     FIELD_KEYS,
     OPERATION_KEY,
     PROVIDER_KEY,
     PROVIDER_KEYS,
+    SPAN_CONSUMED,
     attribute_key_for,
     operation_name,
     provider_name,
 )
-from collector.otlp.attributes import (  # the translator's own tables, computed once
-    ARRAY as _ARRAY,
-    ENVELOPE_PLAN as _ENVELOPE_PLAN,
-    ERROR_TYPE_ENCODED as _ERROR_TYPE_ENCODED,
-    ERROR_TYPE_KEY as _ERROR_TYPE_KEY,
-    EVENT_NAME_KEY as _EVENT_NAME_KEY,
-    OPERATION_ENCODED as _OPERATION_ENCODED,
-    PLANS as _PLANS,
-    RESERVED as _RESERVED,
-    SCALAR as _SCALAR,
-    SPAN_CONSUMED as _SPAN_CONSUMED,
-)
+from collector.otlp.envelopes import LOGS, TRACES, RequestBuilder
+from collector.otlp.event_attributes import AttributeEncoder
 from collector.otlp.options import TranslateOptions
-from collector.otlp.resources import Resources
+from collector.otlp.resources import ResourceKey, Resources
 from collector.otlp.spans import Failure, SpanShape, StartTimes, makes_log, span_shape
-from emitters.events import ErrorEvent, Event, SpanEnded
+from collector.otlp.wire import AttributeKey
+from emitters.events import ErrorEvent, Event, GenerationStarted, SpanEnded
 
 __all__ = [
     "TranslateOptions",
     "Translator",
+    "Payloads",
     "FIELD_KEYS",
     "OPERATION_KEY",
     "PROVIDER_KEY",
@@ -121,21 +116,24 @@ _T_SEVERITY_NUMBER = wire.tag(_LOG, "severity_number")
 _T_SEVERITY_TEXT = wire.tag(_LOG, "severity_text")
 _T_BODY = wire.tag(_LOG, "body")
 _T_LOG_ATTRIBUTE = wire.tag(_LOG, "attributes")
-_T_LOG_TRACE_ID = wire.tag(_LOG, "trace_id")
-_T_LOG_SPAN_ID = wire.tag(_LOG, "span_id")
+_LOG_TRACE_ID = wire.tag(_LOG, "trace_id") + b"\x10"
+_LOG_SPAN_ID = wire.tag(_LOG, "span_id") + b"\x08"
 _T_EVENT_NAME = wire.tag(_LOG, "event_name")
 
 _SPAN = trace_pb2.Span.DESCRIPTOR
-_T_SPAN_TRACE_ID = wire.tag(_SPAN, "trace_id")
-_T_SPAN_SPAN_ID = wire.tag(_SPAN, "span_id")
-_T_SPAN_PARENT = wire.tag(_SPAN, "parent_span_id")
+_T_SPAN_TRACE_ID_16 = wire.tag(_SPAN, "trace_id") + b"\x10"
+_T_SPAN_SPAN_ID_8 = wire.tag(_SPAN, "span_id") + b"\x08"
+_T_SPAN_PARENT_ID = wire.tag(_SPAN, "parent_span_id") + b"\x08"
 _T_SPAN_NAME = wire.tag(_SPAN, "name")
-_T_SPAN_KIND = wire.tag(_SPAN, "kind")
+_KIND_INTERNAL = wire.tag(_SPAN, "kind") + wire.varint(_SPAN_KIND_INTERNAL)
 _T_SPAN_START = wire.tag(_SPAN, "start_time_unix_nano")
 _T_SPAN_END = wire.tag(_SPAN, "end_time_unix_nano")
 _T_SPAN_ATTRIBUTE = wire.tag(_SPAN, "attributes")
 _T_SPAN_STATUS = wire.tag(_SPAN, "status")
 _T_SPAN_FLAGS = wire.tag(_SPAN, "flags")
+_FLAGS_ROOT = _T_SPAN_FLAGS + struct.pack("<I", _SAMPLED)
+_FLAGS_LOCAL = _T_SPAN_FLAGS + struct.pack("<I", _SAMPLED | _HAS_IS_REMOTE)
+_FLAGS_REMOTE = _T_SPAN_FLAGS + struct.pack("<I", _SAMPLED | _HAS_IS_REMOTE | _IS_REMOTE)
 _T_SPAN_EVENT = wire.tag(_SPAN, "events")
 _SPAN_EVENT = trace_pb2.Span.Event.DESCRIPTOR
 _T_SPAN_EVENT_TIME = wire.tag(_SPAN_EVENT, "time_unix_nano")
@@ -143,84 +141,50 @@ _T_SPAN_EVENT_NAME = wire.tag(_SPAN_EVENT, "name")
 _T_SPAN_EVENT_ATTRIBUTE = wire.tag(_SPAN_EVENT, "attributes")
 _T_STATUS_MESSAGE = wire.tag(trace_pb2.Status.DESCRIPTOR, "message")
 _T_STATUS_CODE = wire.tag(trace_pb2.Status.DESCRIPTOR, "code")
-
-_T_SCOPE_NAME = wire.tag(common_pb2.InstrumentationScope.DESCRIPTOR, "name")
-_T_SCOPE_VERSION = wire.tag(common_pb2.InstrumentationScope.DESCRIPTOR, "version")
 _T_STRING = wire.tag(common_pb2.AnyValue.DESCRIPTOR, "string_value")
-
-
-class _Envelope(msgspec.Struct, frozen=True):
-    """The nesting of one signal: request -> resource group -> scope group -> items."""
-
-    resource_group: bytes  # Export*ServiceRequest.resource_*
-    resource: bytes  # Resource* .resource
-    scope_group: bytes  # Resource* .scope_*
-    scope: bytes  # Scope* .scope
-    item: bytes  # Scope* .log_records / .spans
-    resource_schema: bytes  # Resource* .schema_url
-    scope_schema: bytes  # Scope* .schema_url
-
-
-_LOGS = _Envelope(
-    resource_group=wire.tag(logs_service_pb2.ExportLogsServiceRequest.DESCRIPTOR, "resource_logs"),
-    resource=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "resource"),
-    scope_group=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "scope_logs"),
-    scope=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "scope"),
-    item=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "log_records"),
-    resource_schema=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "schema_url"),
-    scope_schema=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "schema_url"),
-)
-_TRACES = _Envelope(
-    resource_group=wire.tag(trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR, "resource_spans"),
-    resource=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "resource"),
-    scope_group=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "scope_spans"),
-    scope=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "scope"),
-    item=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "spans"),
-    resource_schema=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "schema_url"),
-    scope_schema=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "schema_url"),
-)
 
 _SEVERITY_FIELDS: dict[str, bytes] = {
     name: _T_SEVERITY_NUMBER + wire.varint(number) + wire.length_delimited(_T_SEVERITY_TEXT, name.encode())
     for name, number in SEVERITY_NUMBERS.items()
 }
-
-_ResourceKey = tuple[str, str, int]
+_EVENT_NAME = AttributeKey("event.name")
+_OPERATION = AttributeKey(OPERATION_KEY)
+_ERROR_TYPE = AttributeKey(ERROR_TYPE_KEY)
+_pack_fixed64 = struct.Struct("<Q").pack
+_SMALL_VARINTS = wire.SMALL_VARINTS
 
 
 class _TypeFields(msgspec.Struct, frozen=True):
     """Encodings that depend only on the event type."""
 
-    body: bytes  # LogRecord.body = the type (events other than `error`)
-    name_attribute: bytes  # LogRecord.attributes `event.name`
+    body_and_name: bytes  # LogRecord.body = the type, then the `event.name` attribute
+    name_attribute: bytes  # the `event.name` attribute alone (error events: the body is the message)
     event_name: bytes  # LogRecord.event_name
+
+
+class Payloads(list[bytes]):
+    """Serialized requests of one signal, and how many records (log records or spans) they hold."""
+
+    records: int = 0
 
 
 class Translator:
     """Translates batches of events; keeps only caches of constant encodings.
 
-    Output is a list of serialized ``ExportLogsServiceRequest`` /
+    Output is serialized ``ExportLogsServiceRequest`` /
     ``ExportTraceServiceRequest`` payloads, each at most
     ``options.max_request_bytes`` (unless a single record is larger).
     """
 
     def __init__(self, options: TranslateOptions | None = None, resources: Resources | None = None) -> None:
         self.options = options or TranslateOptions()
-        self._provider_key = wire.attribute_key(self.options.provider_key)
-        self._resources = resources or Resources(self.options)
-        schema = self.options.schema_url.encode()
-        scope = wire.length_delimited(_T_SCOPE_NAME, self.options.scope_name.encode())
-        scope += wire.length_delimited(_T_SCOPE_VERSION, self.options.scope_version.encode())
-        self._scope = scope
-        self._schema = {
-            id(shape): (
-                wire.length_delimited(shape.resource_schema, schema),
-                wire.length_delimited(shape.scope_schema, schema),
-            )
-            for shape in (_LOGS, _TRACES)
-        }
+        self._provider = AttributeKey(self.options.provider_key)
+        resources = resources or Resources(self.options)
+        self._logs = RequestBuilder(LOGS, self.options, resources)
+        self._traces = RequestBuilder(TRACES, self.options, resources)
+        self._attributes = AttributeEncoder(self.options.capture_content)
         self._types: dict[str, _TypeFields] = {}
-        self._plan_index = 1 if self.options.capture_content else 0
+        self._generation: dict[tuple[str, str], list[bytes]] = {}
         # Failed generations take their start from the request's generation.started.
         self.starts = StartTimes()
 
@@ -228,32 +192,44 @@ class Translator:
 
     def translate(
         self, events: Iterable[Event], observed_ns: int, *, logs: bool = True, spans: bool = True
-    ) -> tuple[list[bytes], list[bytes]]:
+    ) -> tuple[Payloads, Payloads]:
         """(``ExportLogsServiceRequest`` payloads, ``ExportTraceServiceRequest`` payloads).
 
         One log record per event, one span per event carrying a duration;
         each event's attributes are encoded once for both. No span, no
         trace request.
         """
-        log_groups: dict[_ResourceKey, list[bytes]] = {}
-        span_groups: dict[_ResourceKey, list[bytes]] = {}
-        log_tag, span_tag = _LOGS.item, _TRACES.item
+        log_groups: dict[ResourceKey, list[bytes]] = {}
+        span_groups: dict[ResourceKey, list[bytes]] = {}
+        log_count = span_count = 0
+        # After each record's time: the observed time (the same for the batch) and its severity.
+        after_time = {name: _T_OBSERVED + _pack_fixed64(observed_ns) + fields for name, fields in _SEVERITY_FIELDS.items()}
         starts = self.starts
+        attribute_items, log_record = self._attributes.items, self._log_record
         for event in events:
-            starts.note(event)
+            if type(event) is GenerationStarted:
+                starts.note(event)
             shape = span_shape(event, starts) if spans else None
             log = logs and makes_log(event)
             if not log and shape is None:
                 continue
             key = (event.service, event.host, event.pid)
-            items = self._attribute_items(event)
+            items = attribute_items(event)
             if log:
-                record = self._log_record(event, observed_ns, items)
-                log_groups.setdefault(key, []).append(wire.length_delimited(log_tag, record))
+                record = log_record(event, after_time[event.severity], items)
+                size = len(record)
+                group = log_groups.get(key)
+                if group is None:
+                    group = log_groups[key] = []
+                group.append((_SMALL_VARINTS[size] if size < 16384 else wire.varint(size)) + record)
+                log_count += 1
             if shape is not None:
-                span = self._span(event, shape, items)
-                span_groups.setdefault(key, []).append(wire.length_delimited(span_tag, span))
-        return self._requests(_LOGS, log_groups), self._requests(_TRACES, span_groups)
+                group = span_groups.get(key)
+                if group is None:
+                    group = span_groups[key] = []
+                group.append(_sized(self._span(event, shape, items)))
+                span_count += 1
+        return _payloads(self._logs.build(log_groups), log_count), _payloads(self._traces.build(span_groups), span_count)
 
     def logs(self, events: Iterable[Event], observed_ns: int) -> list[bytes]:
         """``ExportLogsServiceRequest`` payloads holding one record per event."""
@@ -265,42 +241,41 @@ class Translator:
 
     def log_record(self, event: Event, observed_ns: int) -> bytes:
         """One serialized ``LogRecord`` (without its enclosing field tag)."""
-        return self._log_record(event, observed_ns, self._attribute_items(event))
+        after_time = _T_OBSERVED + _pack_fixed64(observed_ns) + _SEVERITY_FIELDS[event.severity]
+        return self._log_record(event, after_time, self._attributes.items(event))
 
     def span(self, event: Event) -> Optional[bytes]:
         """One serialized ``Span``, or None when the event makes none."""
         self.starts.note(event)
         shape = span_shape(event, self.starts)
-        return None if shape is None else self._span(event, shape, self._attribute_items(event))
+        return None if shape is None else self._span(event, shape, self._attributes.items(event))
 
-    def _log_record(self, event: Event, observed_ns: int, items: list[bytes]) -> bytes:
+    def _log_record(self, event: Event, after_time: bytes, items: list[bytes]) -> bytes:
         fields = self._types.get(event.type) or self._type_fields(event.type)
         if type(event) is ErrorEvent:
             body = wire.length_delimited(_T_BODY, wire.length_delimited(_T_STRING, event.message.encode()))
+            body += fields.name_attribute
         else:
-            body = fields.body
-        parts = [
-            wire.fixed64(_T_TIME, event.ts),
-            wire.fixed64(_T_OBSERVED, observed_ns),
-            _SEVERITY_FIELDS[event.severity],
-            body,
-            fields.name_attribute,
-            wire.repeated(_T_LOG_ATTRIBUTE, items),
-        ]
-        if event.trace_id is not None:
-            parts.append(_T_LOG_TRACE_ID + b"\x10" + bytes.fromhex(event.trace_id))
-            if event.span_id is not None:
-                parts.append(_T_LOG_SPAN_ID + b"\x08" + bytes.fromhex(event.span_id))
-        parts.append(fields.event_name)
-        return b"".join(parts)
+            body = fields.body_and_name
+        trace_id = event.trace_id
+        if trace_id is None:
+            ids = b""
+        elif event.span_id is None:
+            ids = _LOG_TRACE_ID + bytes.fromhex(trace_id)
+        else:
+            ids = _LOG_TRACE_ID + bytes.fromhex(trace_id) + _LOG_SPAN_ID + bytes.fromhex(event.span_id)
+        return b"".join(
+            (_T_TIME, _pack_fixed64(event.ts), after_time, body, wire.repeated(_T_LOG_ATTRIBUTE, items), ids, fields.event_name)
+        )
 
     def _type_fields(self, event_type: str) -> _TypeFields:
         if len(self._types) >= _CACHE_LIMIT:  # custom event types are open-ended
             self._types.clear()
         name = event_type.encode()
+        name_attribute = _T_LOG_ATTRIBUTE + _EVENT_NAME.item(event_type)
         fields = _TypeFields(
-            body=wire.length_delimited(_T_BODY, wire.length_delimited(_T_STRING, name)),
-            name_attribute=_T_LOG_ATTRIBUTE + wire.sized_attribute(_EVENT_NAME_KEY, event_type),
+            body_and_name=wire.length_delimited(_T_BODY, wire.length_delimited(_T_STRING, name)) + name_attribute,
+            name_attribute=name_attribute,
             event_name=wire.length_delimited(_T_EVENT_NAME, name),
         )
         self._types[event_type] = fields
@@ -308,37 +283,37 @@ class Translator:
 
     def _span(self, event: Event, shape: SpanShape, items: list[bytes]) -> bytes:
         model = getattr(event, "model", None)
-        parts = [
-            _T_SPAN_TRACE_ID + b"\x10" + shape.trace_id,
-            _T_SPAN_SPAN_ID + b"\x08" + shape.span_id,
-        ]
-        flags = _SAMPLED
-        if shape.parent_span_id is not None:
-            parts.append(_T_SPAN_PARENT + b"\x08" + shape.parent_span_id)
-            flags |= _HAS_IS_REMOTE | (_IS_REMOTE if shape.parent_remote else 0)
-        parts.append(_T_SPAN_FLAGS + struct.pack("<I", flags))
         if type(event) is SpanEnded:
             name = event.name
         elif shape.generation:
             operation = operation_name(event, self.options)
             name = f"{operation} {model or 'unknown'}"
-            generation = [
-                wire.sized_attribute(_OPERATION_ENCODED, operation),
-                wire.sized_attribute(self._provider_key, provider_name(event, self.options)),
-            ]
-            if not _SPAN_CONSUMED.isdisjoint(event.attrs):
-                items = self._attribute_items(event, consumed=_SPAN_CONSUMED)
-            items = generation + items
+            if not SPAN_CONSUMED.isdisjoint(event.attrs):
+                items = self._attributes.items(event, consumed=SPAN_CONSUMED)
+            items = self._generation_items(operation, provider_name(event, self.options)) + items
         else:
             name = f"{event.type} {model}" if model else event.type
         failure = shape.failure
-        if failure is not None and type(event) is not ErrorEvent and _ERROR_TYPE_KEY not in event.attrs:
-            items = items + [wire.sized_attribute(_ERROR_TYPE_ENCODED, failure.error_type)]
-        parts.append(wire.length_delimited(_T_SPAN_NAME, name.encode()))
-        parts.append(_T_SPAN_KIND + wire.varint(_SPAN_KIND_INTERNAL))
-        parts.append(wire.fixed64(_T_SPAN_START, shape.start_ns))
-        parts.append(wire.fixed64(_T_SPAN_END, shape.end_ns))
-        parts.append(wire.repeated(_T_SPAN_ATTRIBUTE, items))
+        if failure is not None and type(event) is not ErrorEvent and ERROR_TYPE_KEY not in event.attrs:
+            items = items + [_ERROR_TYPE.item(failure.error_type)]
+        if shape.parent_span_id is None:
+            parent = _FLAGS_ROOT
+        else:
+            parent = _T_SPAN_PARENT_ID + shape.parent_span_id + (_FLAGS_REMOTE if shape.parent_remote else _FLAGS_LOCAL)
+        parts = [
+            _T_SPAN_TRACE_ID_16,
+            shape.trace_id,
+            _T_SPAN_SPAN_ID_8,
+            shape.span_id,
+            parent,
+            wire.length_delimited(_T_SPAN_NAME, name.encode()),
+            _KIND_INTERNAL,
+            _T_SPAN_START,
+            _pack_fixed64(shape.start_ns),
+            _T_SPAN_END,
+            _pack_fixed64(shape.end_ns),
+            wire.repeated(_T_SPAN_ATTRIBUTE, items),
+        ]
         if failure is not None:
             parts.append(wire.length_delimited(_T_SPAN_EVENT, _exception_event(event.ts, failure)))
             status = _T_STATUS_CODE + wire.varint(_STATUS_ERROR)
@@ -346,74 +321,26 @@ class Translator:
             parts.append(wire.length_delimited(_T_SPAN_STATUS, status))
         return b"".join(parts)
 
-    # -- shared ------------------------------------------------------------
+    def _generation_items(self, operation: str, provider: str) -> list[bytes]:
+        """``gen_ai.operation.name`` and the provider: a handful of values, encoded once each."""
+        pair = self._generation.get((operation, provider))
+        if pair is None:
+            if len(self._generation) >= _CACHE_LIMIT:  # the values may come from attrs
+                self._generation.clear()
+            pair = self._generation[(operation, provider)] = [_OPERATION.item(operation), self._provider.item(provider)]
+        return pair
 
-    def _attribute_items(self, event: Event, consumed: frozenset[str] = frozenset()) -> list[bytes]:
-        """The event's attributes as length-prefixed ``KeyValue`` items (see :func:`wire.repeated`)."""
-        attribute = wire.sized_attribute
-        items = []
-        for field, key in _ENVELOPE_PLAN:
-            value = getattr(event, field)
-            if value is not None:
-                items.append(attribute(key, value))
-        cls = type(event)
-        plans = _PLANS.get(cls)
-        if plans is not None:
-            for field, key, kind, name in plans[self._plan_index]:
-                value = getattr(event, field)
-                if value is None:
-                    continue
-                if kind == _SCALAR:
-                    items.append(attribute(key, value))
-                elif kind == _ARRAY:
-                    items.append(wire.length_delimited(b"", wire.string_array_attribute(key, (value,))))
-                else:
-                    for map_key, map_value in value.items():
-                        items.append(attribute(wire.attribute_key(f"{name}.{map_key}"), map_value))
-            if cls is ErrorEvent:
-                items.append(attribute(_ERROR_TYPE_ENCODED, event.error_type))
-        if event.attrs:
-            reserved = _RESERVED.get(cls) or _RESERVED[None]
-            for key, value in event.attrs.items():
-                if key in consumed:
-                    continue
-                if key in reserved:
-                    key = f"attrs.{key}"
-                items.append(attribute(wire.attribute_key(key), value))
-        return items
 
-    def _requests(self, shape: _Envelope, groups: dict[_ResourceKey, list[bytes]]) -> list[bytes]:
-        """Assemble items into requests of at most ``max_request_bytes`` each.
+def _sized(message: bytes) -> bytes:
+    """``message`` with its length prefix, ready for :func:`wire.repeated`."""
+    size = len(message)
+    return (_SMALL_VARINTS[size] if size < 16384 else wire.varint(size)) + message
 
-        A resource group that does not fit is continued in the next request;
-        an item larger than the limit travels alone.
-        """
-        limit = self.options.max_request_bytes
-        resource_schema, scope_schema = self._schema[id(shape)]
-        scope = wire.length_delimited(shape.scope, self._scope) + scope_schema
-        requests: list[bytes] = []
-        current: list[bytes] = []  # resource groups of the request being built
-        size = 0
-        for key, items in groups.items():
-            head = wire.length_delimited(shape.resource, self._resources.encoded(key)) + resource_schema
-            overhead = len(head) + len(scope) + 16  # tags and length prefixes
-            run: list[bytes] = []
-            run_size = 0
-            for item in items:
-                if (run or current) and size + overhead + run_size + len(item) > limit:
-                    if run:
-                        current.append(_group(shape, head, scope, run))
-                    requests.append(b"".join(current))
-                    current, size, run, run_size = [], 0, [], 0
-                run.append(item)
-                run_size += len(item)
-            if run:
-                group = _group(shape, head, scope, run)
-                current.append(group)
-                size += len(group)
-        if current:
-            requests.append(b"".join(current))
-        return requests
+
+def _payloads(requests: list[bytes], records: int) -> Payloads:
+    payloads = Payloads(requests)
+    payloads.records = records
+    return payloads
 
 
 def _exception_event(ts: int, failure: Failure) -> bytes:
@@ -431,8 +358,3 @@ def _exception_event(ts: int, failure: Failure) -> bytes:
             ),
         ]
     )
-
-
-def _group(shape: _Envelope, head: bytes, scope: bytes, items: list[bytes]) -> bytes:
-    scope_group = wire.length_delimited(shape.scope_group, scope + b"".join(items))
-    return wire.length_delimited(shape.resource_group, head + scope_group)
