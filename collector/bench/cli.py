@@ -47,7 +47,9 @@ def bench(redis_url: Optional[str], quick: bool, as_json: bool, only: tuple[str,
     parts = set(only or _DEFAULT_PARTS)
     server = None
     if redis_url is not None:
-        _check_redis(redis_url)
+        from collector.tools.options import check_redis_url
+
+        check_redis_url()
     if redis_url is None:
         server = RedisProcess().start()
         redis_url = server.url
@@ -83,18 +85,6 @@ QUICK_NOTE = (
 )
 
 
-def _check_redis(redis_url: str) -> None:
-    """The one error path of every command (collector.redisproblems): one line, exit 2."""
-    from collector.exitcodes import Failure
-    from collector.redisproblems import RedisProblem, probe
-    from collector.tools.options import url_setting
-
-    try:
-        probe(url_setting(click.get_current_context()))
-    except RedisProblem as exc:
-        raise Failure(str(exc)) from None
-
-
 def _short(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -126,7 +116,7 @@ def _run_parts(redis_url: str, parts: set[str], quick: bool, progress: Callable[
         # #12: next to the OpenTelemetry Collector, when its binary is installed (an optional peer).
         from collector.bench.otelcol_bench import bench_against_otelcol
 
-        rows += bench_against_otelcol(redis_url, events=2_000 if quick else 20_000)
+        rows += bench_against_otelcol(redis_url, events=2_000 if quick else 20_000, repeats=1 if quick else 3)
     if "latency" in parts:
         progress("row 5: end-to-end latency ...")
         rows.append(collector_bench.bench_end_to_end_latency(redis_url, rate=5_000, seconds=1 if quick else 10))

@@ -66,7 +66,8 @@ def jsonl_ids(*directories: Path) -> collections.Counter[str]:
     seen: collections.Counter[str] = collections.Counter()
     for directory in directories:
         for path in sorted([*directory.glob("events-*.jsonl"), *directory.glob("errors-*.jsonl")]):
-            for line in path.read_bytes().splitlines():
+            # A line the collector is still writing has no newline yet: count it next time.
+            for line in path.read_bytes().split(b"\n")[:-1]:
                 seen[json.loads(line)["id"]] += 1
     return seen
 
