@@ -132,7 +132,9 @@ class TestDeadCollectorsWork:
 def _all_read(client: redis.Redis) -> bool:
     (group,) = client.xinfo_groups(NAMES.events)
     last = client.xrevrange(NAMES.events, count=1)
-    return bool(last) and group["last-delivered-id"] == last[0][0]
+    # The survivor trims acked entries once the stream passes half the cap, so it may be empty by now;
+    # entries trimmed unread instead would show in lost_total, which the test checks.
+    return not last or group["last-delivered-id"] == last[0][0]
 
 
 class TestTrimmedByOthers:
