@@ -33,6 +33,7 @@ from collector.otlp.signals import (
     check_ca_bundle,
     check_endpoint,
     check_readable,
+    env_milliseconds,
     env_timeout,
     env_value,
     parse_bool,
@@ -255,16 +256,8 @@ class OtlpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def _metric_interval(self, env: Mapping[str, str]) -> Duration:
         if self.metric_export_interval is not None:
             return self.metric_export_interval
-        raw = env.get("OTEL_METRIC_EXPORT_INTERVAL")
-        if not raw:
-            return DEFAULT_METRIC_INTERVAL
-        try:
-            milliseconds = float(raw)
-        except ValueError:
-            raise ValueError(f"OTEL_METRIC_EXPORT_INTERVAL: expected milliseconds, got {raw!r}") from None
-        if milliseconds <= 0:
-            raise ValueError(f"OTEL_METRIC_EXPORT_INTERVAL: must be > 0, got {raw!r}")
-        return Duration(milliseconds / 1000.0)
+        name = "OTEL_METRIC_EXPORT_INTERVAL"
+        return env_milliseconds(env.get(name), name, DEFAULT_METRIC_INTERVAL)
 
 
 def _temporality(env: Mapping[str, str]) -> Literal["delta", "cumulative"]:

@@ -26,6 +26,7 @@ __all__ = [
     "check_ca_bundle",
     "check_endpoint",
     "check_readable",
+    "env_milliseconds",
     "env_timeout",
     "env_value",
     "parse_bool",
@@ -123,8 +124,13 @@ def parse_resource_attributes(value: str, name: str = "OTEL_RESOURCE_ATTRIBUTES"
 
 def env_timeout(raw: Optional[str], name: str) -> Duration:
     """An ``OTEL_EXPORTER_OTLP_*TIMEOUT`` value (milliseconds), else the default."""
+    return env_milliseconds(raw, name, DEFAULT_TIMEOUT)
+
+
+def env_milliseconds(raw: Optional[str], name: str, default: Duration) -> Duration:
+    """A positive number of milliseconds from variable ``name`` (the OTel spec's unit), else ``default``."""
     if not raw:
-        return DEFAULT_TIMEOUT
+        return default
     try:
         milliseconds = float(raw)
     except ValueError:
