@@ -9,6 +9,8 @@ continued in the next one. An item larger than the limit travels alone.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -37,25 +39,28 @@ class Envelope(msgspec.Struct, frozen=True):
     resource_schema: bytes  # Resource* .schema_url
     scope_schema: bytes  # Scope* .schema_url
 
+    @classmethod
+    def of(cls, request: Any, resources: Any, scopes: Any, group: str, scope_group: str, items: str) -> Envelope:
+        """The tags of one signal, read from its protobuf descriptors."""
+        return cls(
+            resource_group=wire.tag(request.DESCRIPTOR, group),
+            resource=wire.tag(resources.DESCRIPTOR, "resource"),
+            scope_group=wire.tag(resources.DESCRIPTOR, scope_group),
+            scope=wire.tag(scopes.DESCRIPTOR, "scope"),
+            item=wire.tag(scopes.DESCRIPTOR, items),
+            resource_schema=wire.tag(resources.DESCRIPTOR, "schema_url"),
+            scope_schema=wire.tag(scopes.DESCRIPTOR, "schema_url"),
+        )
 
-LOGS = Envelope(
-    resource_group=wire.tag(logs_service_pb2.ExportLogsServiceRequest.DESCRIPTOR, "resource_logs"),
-    resource=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "resource"),
-    scope_group=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "scope_logs"),
-    scope=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "scope"),
-    item=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "log_records"),
-    resource_schema=wire.tag(logs_pb2.ResourceLogs.DESCRIPTOR, "schema_url"),
-    scope_schema=wire.tag(logs_pb2.ScopeLogs.DESCRIPTOR, "schema_url"),
-)
-TRACES = Envelope(
-    resource_group=wire.tag(trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR, "resource_spans"),
-    resource=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "resource"),
-    scope_group=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "scope_spans"),
-    scope=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "scope"),
-    item=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "spans"),
-    resource_schema=wire.tag(trace_pb2.ResourceSpans.DESCRIPTOR, "schema_url"),
-    scope_schema=wire.tag(trace_pb2.ScopeSpans.DESCRIPTOR, "schema_url"),
-)
+
+LOGS = Envelope.of(
+    logs_service_pb2.ExportLogsServiceRequest, logs_pb2.ResourceLogs, logs_pb2.ScopeLogs,
+    "resource_logs", "scope_logs", "log_records",
+)  # fmt: skip
+TRACES = Envelope.of(
+    trace_service_pb2.ExportTraceServiceRequest, trace_pb2.ResourceSpans, trace_pb2.ScopeSpans,
+    "resource_spans", "scope_spans", "spans",
+)  # fmt: skip
 
 
 class RequestBuilder:
