@@ -110,6 +110,8 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     group: Word = "telemetry-collectors"
     consumer: Optional[Word] = None  # None: "<host>-<pid>", unique per process
     batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    # Batches read and not yet acked while a backlog drains: sinks write one while the next is read.
+    batches_in_flight: Annotated[int, Meta(ge=1, le=16)] = 2
     block_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
     claim_idle: PositiveDuration = PositiveDuration(60)
     max_deliveries: Annotated[int, Meta(ge=1)] = 10
@@ -210,6 +212,11 @@ CLI_SETTINGS: tuple[CliSetting, ...] = (
         "Consumer name, unique per instance [default: <host>-<pid>].",
     ),
     CliSetting("--batch-size", "collector.batch_size", "Entries read per stream and batch."),
+    CliSetting(
+        "--batches-in-flight",
+        "collector.batches_in_flight",
+        "Batches read ahead and not yet acked while a backlog drains.",
+    ),
     CliSetting("--block-ms", "collector.block_ms", "How long one XREADGROUP waits for new entries (ms)."),
     CliSetting(
         "--claim-idle",

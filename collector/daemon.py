@@ -1,61 +1,60 @@
 """The collector daemon: Redis Streams consumer group -> sinks, at least once.
 
-One thread does the work, batch by batch (only the next read may run ahead
-on a second thread, see :mod:`collector.readahead`):
+One thread runs the loop; sinks write on their own threads:
 
-1. read: one ``XREADGROUP`` over both streams (errors listed first, so they are
-   handled first), or an ``XAUTOCLAIM`` of entries other consumers left idle
-   longer than ``claim_idle``. On start and after every reconnect the
-   consumer's own pending entries (ID ``0``) are read before new ones (``>``).
-2. decode and validate; undecodable, invalid, oversized and over-delivered
-   entries become dead letters.
-3. hand the records to every sink until each has accepted them (retrying
-   only the ones that have not, with capped jittered backoff);
-4. write the dead letters, then ``XACK`` every entry of the batch.
+1. read (:mod:`collector.reading`): one ``XREADGROUP`` over both streams (errors
+   listed first, so they are handled first), or an ``XAUTOCLAIM`` of entries
+   other consumers left idle longer than ``claim_idle``. On start and after
+   every reconnect the consumer's own pending entries (ID ``0``) are read
+   before new ones (``>``). Entries are decoded and validated; undecodable,
+   invalid, oversized and over-delivered ones become dead letters.
+2. deliver (:mod:`collector.delivery`): the batch goes to every sink at once,
+   and while a backlog drains (the last read was full) the next batch is read
+   and submitted too, up to ``batches_in_flight`` batches. The oldest is
+   finished first: every sink accepted it (retrying only the ones that have
+   not, with capped jittered backoff), its dead letters are written, then
+   every entry is ``XACK``ed.
 
-Nothing is acked before step 3 is done, so a crash anywhere means redelivery,
-never loss. While a backlog drains (the last read was full), the next read
-runs during steps 2-4, so at most two batches are read and not yet acked:
-that bounds what a crash delivers twice. Between batches the loop
-does its housekeeping on timers: heartbeat hash, lag check against MAXLEN,
-claiming, ``XTRIM MINID`` retention, removal of dead consumers that have
-nothing pending, counters in the log, systemd watchdog pings.
+Nothing is acked before every sink accepted it, so a crash anywhere means
+redelivery, never loss, and what a crash delivers twice is bounded by the
+batches in flight. Before each read the loop does its housekeeping on
+timers: heartbeat hash, lag check against MAXLEN, claiming (the window is
+drained first, so no entry of ours is in flight), ``XTRIM MINID`` retention,
+removal of dead consumers that have nothing pending, counters in the log,
+systemd watchdog pings.
 
 Redis going away never ends the process: the loop waits with capped jittered
-backoff and carries on with the batch it had in hand. ``request_stop()``
-(SIGTERM) stops reading, finishes the in-flight batch, closes the sinks and
-returns within ``shutdown_timeout``.
+backoff and carries on with the batches it had in hand, then rereads its
+pending list. ``request_stop()`` (SIGTERM) stops reading, finishes the batches
+in flight, closes the sinks and returns within ``shutdown_timeout``.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence
 
 import redis
 import structlog
 
-from collector.clientreports import record_client_reports
 from collector.config import Config
-from collector.consumer import RawEntry, decode_entries
-from collector.deadletter import DeadLetter, dead_letter_fields
+from collector.delivery import Delivery, SinkTrouble
 from collector.keepalive import KeepAlive
 from collector.loss import LossBook
-from collector.readahead import ReadAhead
-from collector.records import Record, StreamKind
+from collector.pacing import Backoff, Counters, text
+from collector.reading import Batch, Reader
+from collector.records import StreamKind
 from collector.redisconn import connect, redact_url
 from collector.refusals import REFUSAL_ACTIONS, refusal
 from collector.sdnotify import SystemdNotifier
-from collector.sinks import Sink, SinkAuthError, SinkError, SinkRejected, SinkUnavailable
+from collector.sinks import Sink, SinkError
 from collector.sinks.jsonl import JsonlSink
 from collector.trimming import ACKED_TRIM_RATIO as _ACKED_TRIM_RATIO
 from collector.trimming import StreamTrimmer
-from emitters.streams import PAYLOAD_FIELD, stream_names
+from emitters.streams import stream_names
 
 if TYPE_CHECKING:
     from collector.alerts.stage import AlertStage  # issue-14: the alert stage, wired like a sink
@@ -71,7 +70,6 @@ PAUSED_AUTH: Status = "paused_auth"
 REFUSED: Status = "refused"  # Redis answers writes with OOM, READONLY, NOPERM, MISCONF
 STOPPING: Status = "stopping"
 
-_PAYLOAD_KEY = PAYLOAD_FIELD.encode()
 # Deletes a consumer only if it has nothing pending, atomically: between a
 # check and a separate XGROUP DELCONSUMER the consumer could read entries,
 # and deleting it then would silently drop them from the group.
@@ -85,69 +83,11 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 # whatever max_backoff says: emitters flush their backlog within seconds of Redis returning,
 # and the group must be there to receive it.
 _REATTACH_CAP = 2.0
-# Dead-letter XADDs go out in pipelines of at most this many bytes.
-_DEAD_PIPELINE_BYTES = 8 * 1024 * 1024
 
 
 def _raw(response: Any, **options: Any) -> Any:
     """Keep stream replies as Redis sent them: entries as flat field lists, no dicts."""
     return response
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter; :meth:`reset` after a success."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        if initial <= 0 or cap < initial:
-            raise ValueError(f"backoff: need 0 < initial <= cap, got {initial}, {cap}")
-        self.initial = initial
-        self.cap = cap
-        self.attempts = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.initial * 2 ** min(self.attempts, 32))
-        self.attempts += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempts = 0
-
-
-@dataclass
-class Counters:
-    """What the daemon did since it started; logged and put in the heartbeat."""
-
-    read: int = 0
-    written: int = 0
-    acked: int = 0
-    dead_lettered: int = 0
-    claimed: int = 0
-    lost: int = 0  # trimmed from the stream while pending: gone before we could read them
-    reconnects: int = 0
-    client_dropped: int = 0  # drops engines reported in client.report events (collector.clientreports)
-    refusals: int = 0  # writes Redis refused (OOM, READONLY, ...), each retried later
-    sink_failures: int = 0  # writes a sink refused for now (unavailable or credentials); retried
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _Batch:
-    """Entries in hand: kept across sink retries and Redis reconnects until acked."""
-
-    records: list[Record] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
-    ack: dict[str, list[bytes]] = field(default_factory=dict)
-    accepted: set[int] = field(default_factory=set)  # indexes of sinks that took the records
-    # stream id -> (record, "sink: reason" of each sink that rejected it); dead letters once all sinks are done
-    rejections: dict[str, tuple[Record, list[str]]] = field(default_factory=dict)
-    rejected: int = 0
-    delivered: bool = False  # sinks done and alerts observed
-    full: bool = False  # a read of new entries that got all it asked for: more are waiting
-
-    def size(self) -> int:
-        return sum(map(len, self.ack.values()))
 
 
 class _DeadlinePassed(Exception):
@@ -238,10 +178,7 @@ class Collector:
             "events": settings.events_retention,
             "errors": settings.errors_retention,
         }
-        self._cursor: dict[str, bytes | str] = {}
-        self._ahead: ReadAhead[Any] = ReadAhead("collector-read-ahead")
-        self._claim_cursor: dict[str, bytes | str] = {key: "0-0" for _, key in self.streams}
-        self._batch: Optional[_Batch] = None
+        self._more_waiting = False  # the last read of new entries was full: read ahead
         self._at_risk: set[StreamKind] = set()
         self._lag_unsupported = False
         self._redis_down = False
@@ -279,11 +216,20 @@ class Collector:
             cap=lambda kind: self.losses.caps.get(kind) or self._maxlen[kind],
             connection_epoch=lambda: self.counters.reconnects,  # a reconnect may meet another server: probe again
         )  # fmt: skip
+        self.reader = Reader(
+            self._redis, self.streams, group=self.group, consumer=self.consumer, settings=settings,
+            counters=self.counters, losses=self.losses,
+        )  # fmt: skip
+        self.delivery = Delivery(
+            self.sinks, client=self._redis, names=self.names, group=self.group, consumer=self.consumer,
+            settings=settings, counters=self.counters, keepalive=self._keepalive, alert_engine=alert_engine,
+            trouble=SinkTrouble(self._set_status, self._sinks_recovered, self._pause),
+        )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Stop reading, finish the batch in hand, then return from :meth:`run`.
+        """Stop reading, finish the batches in flight, then return from :meth:`run`.
 
         Only sets flags, so it is safe from a signal handler (no logging here:
         the handler may interrupt the main thread inside the log handler).
@@ -319,17 +265,18 @@ class Collector:
     def _loop(self) -> None:
         while True:
             try:
-                if self._batch is None:
-                    if self._stop.is_set() and not self._ahead.outstanding:
+                if not self.delivery.window:
+                    if self._stop.is_set():
                         self._notice_stop()
                         return
                     self._housekeeping(reading=True)
-                    self._batch = self._next_batch()
-                    if self._batch is not None:
-                        self._read_ahead(self._batch)
-                if self._batch is not None:
-                    self._deliver(self._batch)
-                    self._batch = None
+                    self._submit(self._next_batch())
+                elif self._may_read_ahead():
+                    self._housekeeping(reading=True)
+                    self._submit(self.reader.read(None))
+                    continue
+                else:
+                    self.delivery.finish_oldest()
                 if self._refusal is not None:
                     self._accepted_again()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -358,7 +305,7 @@ class Collector:
                 "redis_refused_write",
                 refusal=code,
                 error=str(error),
-                in_flight=self._batch.size() if self._batch else 0,
+                in_flight=self.delivery.entries(),
                 action=REFUSAL_ACTIONS[code] + "; entries stay pending in Redis meanwhile",
             )
         self._refusal = code
@@ -384,18 +331,19 @@ class Collector:
         self.notifier.stopping(self._status_text())
         log.info(
             "collector_stopping",
-            in_flight=self._batch.size() if self._batch else 0,
+            in_flight=self.delivery.entries(),
             deadline_s=float(self.settings.shutdown_timeout),
         )
 
     def _shutdown(self) -> None:
         self._notice_stop()
-        if self._batch is not None:
+        if self.delivery.window:
             log.warning(
                 "shutdown_left_batch_pending",
-                entries=self._batch.size(),
+                entries=self.delivery.entries(),
                 note="not acked: another collector claims them, or this one rereads them on restart",
             )
+        self.delivery.close(self._deadline)
         for sink in self.sinks:
             try:
                 sink.close()
@@ -404,7 +352,6 @@ class Collector:
         if self.alert_engine is not None:
             self.alert_engine.close()
         self._keepalive.close()
-        self._ahead.close()
         if not self._redis_down:  # otherwise a connect timeout would eat into the deadline; it expires anyway
             try:
                 self._redis.delete(self.names.heartbeat(self.consumer))
@@ -434,8 +381,7 @@ class Collector:
         if created and self._attached:
             self.losses.group_vanished(created, self.lag)
         self._attached = True
-        self._cursor = {key: "0" for _, key in self.streams}
-        self._ahead.forget()  # what it read is in our pending list, read again from "0" now
+        self.reader.restart()
 
     def _has_group(self, key: str) -> bool:
         try:
@@ -444,7 +390,7 @@ class Collector:
             if "no such key" not in str(exc):
                 raise
             return False
-        return any(_text(group["name"]) == self.group for group in groups)
+        return any(text(group["name"]) == self.group for group in groups)
 
     def _connect(self) -> bool:
         backoff = Backoff(0.1, min(self.settings.max_backoff, _REATTACH_CAP))
@@ -471,7 +417,7 @@ class Collector:
         """Wait for Redis with capped backoff; False when stopping ran out of time."""
         self.counters.reconnects += 1
         self._redis_down = True
-        log.warning("redis_connection_lost", error=str(error), in_flight=self._batch.size() if self._batch else 0)
+        log.warning("redis_connection_lost", error=str(error), in_flight=self.delivery.entries())
         backoff = Backoff(0.1, min(self.settings.max_backoff, _REATTACH_CAP))
         while True:
             try:
@@ -494,222 +440,39 @@ class Collector:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _next_batch(self) -> Optional[_Batch]:
-        if self._ahead.outstanding:
-            # Already in our pending list: delivered before anything else is read or claimed.
-            return self._parse(self._ahead.take())
+    def _next_batch(self) -> Optional[Batch]:
+        """With nothing in flight: claim when due, else our pending list or new entries."""
         now = time.monotonic()
         if now >= self._due["claim"]:
-            batch, more = self._claim()
+            batch, more = self.reader.claim()
             # Keep scanning right away while XAUTOCLAIM has more of the pending list to offer.
             self._due["claim"] = now if more else now + self._claim_every
             if batch is not None:
                 return batch
-        history = any(cursor != ">" for cursor in self._cursor.values())
         block: Optional[int] = None
-        if not history:
+        if not self.reader.in_history:
             until_due = min(self._due.values()) - time.monotonic()
             block = max(1, min(self.settings.block_ms, int(until_due * 1000)))
-        return self._parse(self._fetch(dict(self._cursor), block))
+        return self.reader.read(block)
 
-    def _read_ahead(self, batch: _Batch) -> None:
-        """Start reading the next batch now when a backlog is certain: this one was full."""
-        if batch.full and not self._ahead.outstanding and not self._stop.is_set() and all(cursor == ">" for cursor in self._cursor.values()):
-            cursor = dict(self._cursor)
-            self._ahead.start(lambda: self._fetch(cursor, None))
+    def _may_read_ahead(self) -> bool:
+        """A backlog is certain (the last read was full) and a batch more may be in flight.
 
-    def _fetch(self, cursor: dict[str, bytes | str], block: Optional[int]) -> Any:
-        """One XREADGROUP round trip (on the read-ahead thread too: touches no loop state)."""
-        if self.losses.gap_checks and all(position == ">" for position in cursor.values()):
-            # Same round trip: count what someone trimmed unread before this read steps past it.
-            pipe = self._redis.pipeline(transaction=False)
-            for _, key in self.streams:
-                self.losses.close_gap(key, pipe)
-            pipe.xreadgroup(self.group, self.consumer, cursor, count=self.settings.batch_size, block=block)
-            return pipe.execute()[-1]
-        return self._redis.xreadgroup(self.group, self.consumer, cursor, count=self.settings.batch_size, block=block)
-
-    def _parse(self, reply: Any) -> Optional[_Batch]:
-        # RESP3 (redis-py's default) answers with a map, RESP2 with a list of pairs.
-        pairs = reply.items() if isinstance(reply, dict) else reply or ()
-        replied = {_text(key): entries for key, entries in pairs}
-        batch = _Batch()
-        for kind, key in self.streams:
-            entries = replied.get(key)
-            if self._cursor[key] != ">":
-                if not entries:  # our pending list is done: on to new entries
-                    self._cursor[key] = ">"
-                    continue
-                self._cursor[key] = entries[-1][0]
-                self.counters.read += len(entries)
-                entries = self._drop_over_delivered(batch, key, entries)
-            elif entries:
-                self.counters.read += len(entries)
-                batch.full = batch.full or len(entries) >= self.settings.batch_size
-            if entries:
-                self._add(batch, kind, key, entries)
-        return batch if batch.ack else None
-
-    def _claim(self) -> tuple[Optional[_Batch], bool]:
-        """XAUTOCLAIM idle entries of dead consumers; True when there is more to scan."""
-        batch: Optional[_Batch] = None
-        more = False
-        min_idle = int(self.settings.claim_idle * 1000)
-        for kind, key in self.streams:
-            reply = self._redis.xautoclaim(
-                key, self.group, self.consumer, min_idle, self._claim_cursor[key], count=self.settings.batch_size
-            )
-            next_id, entries = reply[0], reply[1]
-            deleted = reply[2] if len(reply) > 2 else []
-            self._claim_cursor[key] = next_id
-            more = more or next_id not in (b"0-0", "0-0")
-            if deleted:  # Redis 7 already dropped these from the pending list
-                self.losses.record(key, deleted, "deleted-while-pending")
-                self.counters.lost += len(deleted)
-            if any(entry is None for entry in entries):
-                # Redis 6.2 hands deleted entries over as nil, without their ids: they are in our
-                # pending list now, and reading it again brings their ids, without fields (lost).
-                self._cursor[key] = "0"
-            entries = [entry for entry in entries if entry is not None]
-            if not entries:
-                continue
-            batch = batch or _Batch()
-            self.counters.claimed += len(entries)
-            log.info("entries_claimed", stream=key, count=len(entries), min_idle_s=self.settings.claim_idle)
-            entries = self._drop_over_delivered(batch, key, entries)
-            self._add(batch, kind, key, entries)
-        return batch, more
-
-    def _drop_over_delivered(self, batch: _Batch, key: str, entries: Sequence[Any]) -> list[Any]:
-        """Move entries delivered more than ``max_deliveries`` times into ``batch.dead``.
-
-        Only entries read again (own pending list, claims) can be over-delivered,
-        so the per-entry XPENDING round trip stays off the hot path.
+        Claims and rereads of our pending list wait for an empty window: then no
+        entry of ours is in flight to be claimed or read twice.
         """
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id, _ in entries:
-            pipe.xpending_range(key, self.group, min=entry_id, max=entry_id, count=1)
-        limit = self.settings.max_deliveries
-        keep = []
-        for (entry_id, fields), pending in zip(entries, pipe.execute()):
-            times = pending[0]["times_delivered"] if pending else 0
-            if times > limit and fields:
-                detail = f"delivered {times} times, the limit is {limit}"
-                batch.dead.append(DeadLetter(key, entry_id, "max_deliveries", detail, fields))
-                batch.ack.setdefault(key, []).append(entry_id)
-            else:
-                keep.append((entry_id, fields))
-        return keep
-
-    def _add(self, batch: _Batch, kind: StreamKind, key: str, entries: Iterable[RawEntry]) -> None:
-        decoded = decode_entries(kind, key, entries, max_size=self.settings.max_event_size)
-        batch.records.extend(decoded.records)
-        batch.dead.extend(decoded.dead)
-        batch.ack.setdefault(key, []).extend(decoded.ids)
-        if decoded.lost:
-            self.losses.record(key, decoded.lost, "deleted-while-pending")
-            self.counters.lost += len(decoded.lost)
-
-    # -- delivering -------------------------------------------------------------------------------
-
-    def _deliver(self, batch: _Batch) -> None:
-        if not batch.delivered:
-            if batch.records:
-                self._write_sinks(batch)
-                if self.alert_engine is not None:
-                    self.alert_engine.write(batch.records)
-                self.counters.client_dropped += record_client_reports(self._redis, self.names, batch.records)
-            batch.delivered = True
-            self.counters.written += len(batch.records) - batch.rejected
-        if batch.dead:
-            self._write_dead_letters(batch)
-        self._ack(batch)
-
-    def _write_sinks(self, batch: _Batch) -> None:
-        """Every sink accepts the records or we wait and retry just the ones that did not."""
-        for index, sink in enumerate(self.sinks):
-            if index in batch.accepted:
-                continue
-            backoff = Backoff(0.1, self.settings.max_backoff)
-            while True:
-                try:
-                    with self._keepalive.blocked(sink.name):
-                        sink.write(_for_sink(sink, batch.records))
-                except SinkUnavailable as exc:
-                    delay = max(backoff.next(), exc.retry_after or 0.0)
-                    self._set_status(BACKPRESSURE)
-                    log.warning("sink_unavailable", sink=sink.name, error=str(exc), retry_in_s=round(delay, 2))
-                except SinkAuthError as exc:
-                    delay = self.settings.auth_retry_interval
-                    self._set_status(PAUSED_AUTH)
-                    log.error(
-                        "sink_auth_failed",
-                        sink=sink.name,
-                        error=str(exc),
-                        retry_in_s=delay,
-                        action="fix the sink's credentials; entries stay pending in Redis meanwhile",
-                    )
-                except SinkRejected as exc:
-                    for record in exc.records:
-                        batch.rejections.setdefault(record.stream_id, (record, []))[1].append(f"{sink.name}: {exc.reason}")
-                    batch.rejected = len(batch.rejections)
-                    log.warning("sink_rejected", sink=sink.name, reason=exc.reason, records=len(exc.records))
-                    break
-                else:
-                    break
-                self.counters.sink_failures += 1
-                self._pause(delay)
-            batch.accepted.add(index)
-        batch.dead.extend(self._rejected_letter(record, reasons) for record, reasons in batch.rejections.values())
-        batch.rejections = {}
-        if self.status in (BACKPRESSURE, PAUSED_AUTH):
-            log.info("sinks_recovered")
-            self._set_status(STOPPING if self._stop_noticed else RUNNING)
-
-    def _rejected_letter(self, record: Record, reasons: list[str]) -> DeadLetter:
-        key = self.names.errors if record.stream == "errors" else self.names.events
-        refused = {reason.split(":", 1)[0] for reason in reasons}
-        accepted = tuple(sink.name for sink in self.sinks if sink.name not in refused)
-        fields = [_PAYLOAD_KEY, record.raw]
-        return DeadLetter(key, record.stream_id.encode(), "rejected", "; ".join(reasons), fields, accepted)
-
-    def _write_dead_letters(self, batch: _Batch) -> None:
-        now_ms = int(time.time() * 1000)
-        maxlen = self.settings.dead_maxlen or None
-        pipe = self._redis.pipeline(transaction=False)
-        size = 0
-        for letter in batch.dead:
-            fields = dead_letter_fields(
-                letter, consumer=self.consumer, max_bytes=self.settings.max_event_size, now_ms=now_ms
-            )
-            pipe.xadd(self.names.dead, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-            size += sum(len(value) for value in fields.values())
-            if size >= _DEAD_PIPELINE_BYTES:
-                pipe.execute()
-                size = 0
-        pipe.execute()
-        categories: dict[str, int] = {}
-        for letter in batch.dead:
-            categories[letter.category] = categories.get(letter.category, 0) + 1
-        first = batch.dead[0]
-        log.warning(
-            "dead_lettered",
-            count=len(batch.dead),
-            categories=categories,
-            first_stream=first.stream,
-            first_id=first.entry_id.decode(errors="replace"),
-            first_reason=first.reason[:500],
-            dead_stream=self.names.dead,
+        return (
+            self._more_waiting
+            and self.delivery.room
+            and not self._stop.is_set()
+            and not self.reader.in_history
+            and time.monotonic() < self._due["claim"]
         )
-        self.counters.dead_lettered += len(batch.dead)
-        batch.dead = []
 
-    def _ack(self, batch: _Batch) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for key, ids in batch.ack.items():
-            if ids:
-                pipe.xack(key, self.group, *ids)
-        self.counters.acked += sum(pipe.execute())
+    def _submit(self, batch: Optional[Batch]) -> None:
+        self._more_waiting = batch is not None and batch.full
+        if batch is not None:
+            self.delivery.submit(batch)
 
     # -- waiting ----------------------------------------------------------------------------------
 
@@ -765,6 +528,11 @@ class Collector:
             due["trim"] = now + self.settings.trim_interval
             self._guarded(self._trim, quiet=False)
             self._guarded(self._remove_idle_consumers, quiet=False)
+
+    def _sinks_recovered(self) -> None:
+        if self.status in (BACKPRESSURE, PAUSED_AUTH):
+            log.info("sinks_recovered")
+            self._set_status(STOPPING if self._stop_noticed else RUNNING)
 
     def _sink_stalled(self, sink: str) -> None:
         log.warning("sink_slow", sink=sink, blocked_s=self.settings.heartbeat_interval, note="beating meanwhile")
@@ -832,7 +600,7 @@ class Collector:
             groups, length = results[2 * index], results[2 * index + 1]
             if isinstance(groups, Exception) or isinstance(length, Exception):
                 continue  # the stream is gone; the next read recreates it
-            mine = next((g for g in groups if _text(g.get("name")) == self.group), None)
+            mine = next((g for g in groups if text(g.get("name")) == self.group), None)
             if mine is None:
                 continue
             cap = self.losses.caps.get(kind) or self._maxlen[kind]
@@ -883,7 +651,7 @@ class Collector:
             return
         for _, key in self.streams:
             for consumer in self._redis.xinfo_consumers(key, self.group):
-                name = _text(consumer["name"])
+                name = text(consumer["name"])
                 if name == self.consumer or consumer["pending"] or consumer["idle"] < idle_ms:
                     continue
                 if self._delete_if_idle(keys=[key], args=[self.group, name]) >= 0:
@@ -902,14 +670,3 @@ class Collector:
             f"{self.status}: read {counters.read}, written {counters.written}, "
             f"dead-lettered {counters.dead_lettered}, claimed {counters.claimed}"
         )
-
-
-def _for_sink(sink: Sink, records: list[Record]) -> list[Record]:
-    """The records ``sink`` has not accepted before (replayed dead letters name the ones that had)."""
-    if not any(record.skip for record in records):
-        return records
-    return [record for record in records if sink.name not in record.skip]
-
-
-def _text(value: bytes | str | None) -> Optional[str]:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

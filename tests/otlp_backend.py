@@ -133,6 +133,8 @@ class OtlpBackend:
         self._grpc: Optional[grpc.Server] = None
         self._http: Optional[http.server.ThreadingHTTPServer] = None
         self._connections: set[socket.socket] = set()
+        self._handling = 0
+        self.most_at_once = 0  # requests handled at the same time, at most (exports in flight)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -279,6 +281,16 @@ class OtlpBackend:
 
     def handle(self, signal: Signal, transport: Literal["grpc", "http"], headers: dict[str, str], request: Any) -> Any:
         """Check, record and answer one request; raises _Failed for an error reply."""
+        with self._lock:
+            self._handling += 1
+            self.most_at_once = max(self.most_at_once, self._handling)
+        try:
+            return self._handle(signal, transport, headers, request)
+        finally:
+            with self._lock:
+                self._handling -= 1
+
+    def _handle(self, signal: Signal, transport: Literal["grpc", "http"], headers: dict[str, str], request: Any) -> Any:
         if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
             self._attempt(signal, transport, "bad_token", headers)
             raise _Failed("unauthenticated", "missing or wrong bearer token", None)

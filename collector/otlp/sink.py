@@ -8,8 +8,11 @@ daemon acks the batch (:mod:`collector.otlp.metric_export`). Failures are the
 shared sink errors, so the daemon retries with backoff (``SinkUnavailable``),
 dead-letters (``SinkRejected``) or pauses (``SinkAuthError``).
 
-A retried batch is not sent twice: the sink remembers, for the batch in
-flight, which requests were accepted and resends only the rest. Per request:
+Several batches may be written at once (``concurrent_writes``: the daemon
+keeps up to ``batches_in_flight`` exports going), each on the daemon's
+worker thread with its own requests. A retried batch is not sent twice: the
+sink remembers, for each batch in flight, which requests were accepted and
+resends only the rest. Per request:
 
 - retryable statuses (see :mod:`collector.otlp.transport`): retried without bound;
 - a 413: the request is halved and the halves retried, down to single records;
@@ -25,7 +28,7 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -47,6 +50,11 @@ log = structlog.get_logger("collector.otlp")
 
 _BatchKey = tuple[tuple[str, str], ...]
 _BATCH_SIGNALS: tuple[Signal, ...] = ("logs", "traces")
+# Batches whose progress is remembered for a retry; one abandoned by the daemon (a stop, a reread
+# after a reconnect) is forgotten once this many newer ones came.
+_REMEMBERED_BATCHES = 64
+# Requests sent at once: both signals of every batch in flight (threads start only when needed).
+_SENDERS = 2 * 16
 
 
 class _Progress:
@@ -84,6 +92,7 @@ class OtlpSink:
     """Sink protocol implementation for OTLP over gRPC or HTTP/protobuf."""
 
     name = "otlp"
+    concurrent_writes = True
 
     def __init__(
         self,
@@ -109,11 +118,11 @@ class OtlpSink:
             signal: make_transport(settings, signal) for signal in settings.signals
         }
         self._clock = clock
-        self._progress: Optional[_Progress] = None
-        self._lock = threading.Lock()
+        self._progress: OrderedDict[_BatchKey, _Progress] = OrderedDict()
+        self._lock = threading.Lock()  # the progress map and closing
         self._closed = False
         self._stats_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=len(_BATCH_SIGNALS), thread_name_prefix="otlp-send")
+        self._pool = ThreadPoolExecutor(max_workers=_SENDERS, thread_name_prefix="otlp-send")
         self.metrics: Optional[MetricPipeline] = None
         if "metrics" in settings.signals:
             self.metrics = MetricPipeline(
@@ -146,24 +155,32 @@ class OtlpSink:
     def write(self, batch: Sequence[Record]) -> None:
         if not batch:
             return
+        key: _BatchKey = tuple((record.stream, record.stream_id) for record in batch)
         with self._lock:
-            key: _BatchKey = tuple((record.stream, record.stream_id) for record in batch)
-            progress = self._progress
-            if progress is None or progress.key != key:
-                progress = self._progress = self._translate(key, batch)
-            if not progress.complete:
-                self._send(progress)
-            if self.metrics is not None:
-                if not progress.metrics_added:
-                    self.stats.metric_events += self.metrics.add([record.event for record in batch])
-                    progress.metrics_added = True
-                self.metrics.persist()
-            if progress.rejected_ids:
+            progress = self._progress.get(key)
+        if progress is None:
+            progress = self._translate(key, batch)
+            with self._lock:
+                self._progress[key] = progress
+                while len(self._progress) > _REMEMBERED_BATCHES:
+                    self._progress.popitem(last=False)
+        if not progress.complete:
+            self._send(progress)
+        if self.metrics is not None:
+            if not progress.metrics_added:
+                added = self.metrics.add([record.event for record in batch])
+                progress.metrics_added = True
+                with self._stats_lock:
+                    self.stats.metric_events += added
+            self.metrics.persist()
+        with self._lock:
+            self._progress.pop(key, None)  # done: accepted, or refused for good just below
+        if progress.rejected_ids:
+            records = [record for record in batch if record.event.id in progress.rejected_ids]
+            with self._stats_lock:
                 self.stats.rejected_batches += 1
-                records = [record for record in batch if record.event.id in progress.rejected_ids]
                 self.stats.rejected_records += len(records)
-                progress.rejected_ids = set()  # reported once; a retry of this batch has nothing left to send
-                raise SinkRejected("; ".join(progress.reasons), records)
+            raise SinkRejected("; ".join(progress.reasons), records)
 
     def _translate(self, key: _BatchKey, batch: Sequence[Record]) -> _Progress:
         events = [record.event for record in batch]
@@ -187,7 +204,8 @@ class OtlpSink:
         for kind in (SinkAuthError, SinkUnavailable):
             for error in errors:
                 if isinstance(error, kind):
-                    self.stats.failures += 1
+                    with self._stats_lock:
+                        self.stats.failures += 1
                     raise error
         for error in errors:
             if error is not None:

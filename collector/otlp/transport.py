@@ -261,8 +261,16 @@ def _grpc_retry_after(exc: grpc.RpcError) -> Optional[float]:
     return None
 
 
+_Response = tuple[int, dict[str, str], bytes]  # status, headers (lower-case names), body
+_RoundTrip = tuple[int, dict[str, str], bytes, bool]  # ... and whether the connection stays usable
+
+
 class HttpTransport:
-    """POST the signal's URL with ``application/x-protobuf`` over one kept-alive connection."""
+    """POST the signal's URL with ``application/x-protobuf`` over kept-alive connections.
+
+    Exports may run at once (batches in flight): each takes an idle connection
+    or opens one, and gives it back for the next when the server keeps it open.
+    """
 
     def __init__(self, settings: SignalSettings, max_retry_after: float) -> None:
         self._settings = settings
@@ -284,14 +292,14 @@ class HttpTransport:
             self._ssl = ssl.create_default_context(cafile=settings.certificate_file)
             if settings.client_certificate_file:
                 self._ssl.load_cert_chain(settings.client_certificate_file, settings.client_key_file)
-        self._connection: Optional[http.client.HTTPConnection] = None
+        self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def export(self, signal: Signal, payload: bytes) -> ExportResult:
         body = gzip.compress(payload, compresslevel=_GZIP_LEVEL, mtime=0) if self._settings.compression == "gzip" else payload
         url = self._settings.endpoint
-        with self._lock:
-            status, headers, data = self._post(signal, url, body)
+        status, headers, data = self._post(signal, url, body)
         if 200 <= status < 300:
             return _partial(signal, _parse_response(signal, data))
         message = self._scrub(_status_message(data))
@@ -311,50 +319,65 @@ class HttpTransport:
             raise Rejected(where)
         raise Failed(where, retry_after)
 
-    def _post(self, signal: Signal, url: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        reused = self._connection is not None
+    def _post(self, signal: Signal, url: str, body: bytes) -> _Response:
+        connection, reused = self._checkout()
         try:
-            return self._round_trip(signal, body)
+            reply = self._round_trip(connection, body)
         except _STALE_CONNECTION as exc:
-            self._disconnect()
+            connection.close()
             if not reused:
                 raise SinkUnavailable(f"OTLP/HTTP {signal} export to {url} failed: {exc!r}") from None
         except (OSError, http.client.HTTPException) as exc:
-            self._disconnect()
+            connection.close()
             raise SinkUnavailable(f"OTLP/HTTP {signal} export to {url} failed: {exc!r}") from None
+        else:
+            return self._checkin(connection, reply)
         # The kept-alive connection had gone stale: one more try on a fresh one.
+        connection = self._connect()
         try:
-            return self._round_trip(signal, body)
+            return self._checkin(connection, self._round_trip(connection, body))
         except (OSError, http.client.HTTPException) as exc:
-            self._disconnect()
+            connection.close()
             raise SinkUnavailable(f"OTLP/HTTP {signal} export to {url} failed: {exc!r}") from None
 
-    def _round_trip(self, signal: Signal, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        if self._connection is None:
-            if self._ssl is not None:
-                self._connection = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=self._settings.timeout, context=self._ssl
-                )
-            else:
-                self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._settings.timeout)
-        self._connection.request("POST", self._path, body=body, headers=self._headers)
-        response = self._connection.getresponse()
+    def _checkout(self) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle kept-alive connection (True) or a new one (False)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def _checkin(self, connection: http.client.HTTPConnection, reply: _RoundTrip) -> _Response:
+        status, headers, data, reusable = reply
+        with self._lock:
+            if reusable and not self._closed:
+                self._idle.append(connection)
+                return status, headers, data
+        connection.close()
+        return status, headers, data
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._ssl is not None:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self._settings.timeout, context=self._ssl)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._settings.timeout)
+
+    def _round_trip(self, connection: http.client.HTTPConnection, body: bytes) -> _RoundTrip:
+        """(status, headers, body, whether the connection can serve the next request)."""
+        connection.request("POST", self._path, body=body, headers=self._headers)
+        response = connection.getresponse()
         # A backend's reply is never trusted to be small: read a bounded prefix only.
         data = response.read(MAX_RESPONSE_BYTES + 1)
         headers = {name.lower(): value for name, value in response.getheaders()}
-        if response.will_close or len(data) > MAX_RESPONSE_BYTES:
-            self._disconnect()  # the rest of an oversized body is never read: drop the connection
-            data = data[:MAX_RESPONSE_BYTES]
-        return response.status, headers, data
-
-    def _disconnect(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        # The rest of an oversized body is never read: such a connection is dropped.
+        reusable = not response.will_close and len(data) <= MAX_RESPONSE_BYTES
+        return response.status, headers, data[:MAX_RESPONSE_BYTES], reusable
 
     def close(self) -> None:
         with self._lock:
-            self._disconnect()
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
 def _parse_response(signal: Signal, data: bytes) -> Any:
