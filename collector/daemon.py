@@ -31,8 +31,6 @@ in flight, closes the sinks and returns within ``shutdown_timeout``.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence
@@ -42,6 +40,7 @@ import structlog
 
 from collector.config import Config
 from collector.delivery import Delivery, SinkTrouble
+from collector.housekeeping import Housekeeping
 from collector.keepalive import KeepAlive
 from collector.loss import LossBook
 from collector.pacing import Backoff, Counters, text
@@ -51,8 +50,7 @@ from collector.redisconn import connect, redact_url
 from collector.refusals import REFUSAL_ACTIONS, refusal
 from collector.sdnotify import SystemdNotifier
 from collector.sinks import Sink, SinkError
-from collector.sinks.jsonl import JsonlSink
-from collector.trimming import ACKED_TRIM_RATIO as _ACKED_TRIM_RATIO
+from collector.sinks.configured import build_sinks, consumer_name
 from collector.trimming import StreamTrimmer
 from emitters.streams import stream_names
 
@@ -70,15 +68,6 @@ PAUSED_AUTH: Status = "paused_auth"
 REFUSED: Status = "refused"  # Redis answers writes with OOM, READONLY, NOPERM, MISCONF
 STOPPING: Status = "stopping"
 
-# Deletes a consumer only if it has nothing pending, atomically: between a
-# check and a separate XGROUP DELCONSUMER the consumer could read entries,
-# and deleting it then would silently drop them from the group.
-_DELETE_IF_IDLE = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
-  return -1
-end
-return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-"""
 # The collector's waits for Redis to come back (or accept writes again) stop growing here,
 # whatever max_backoff says: emitters flush their backlog within seconds of Redis returning,
 # and the group must be there to receive it.
@@ -92,41 +81,6 @@ def _raw(response: Any, **options: Any) -> Any:
 
 class _DeadlinePassed(Exception):
     """Stopping, and the shutdown deadline has come: leave the rest pending."""
-
-
-def consumer_name(config: Config) -> str:
-    """The configured consumer name, else ``<host>-<pid>`` (unique per running process)."""
-    return config.collector.consumer or f"{socket.gethostname()}-{os.getpid()}"
-
-
-def build_sinks(config: Config) -> list[Sink]:
-    """The sinks the config enables, in delivery order.
-
-    Raises ValueError naming the setting when the OTLP settings (which may come
-    from ``OTEL_EXPORTER_OTLP_*``) are unusable.
-    """
-    sinks: list[Sink] = []
-    if config.jsonl.enabled:
-        sinks.append(
-            JsonlSink(
-                config.jsonl.dir,
-                max_bytes=config.jsonl.max_bytes,
-                retention_days=config.jsonl.retention_days or None,
-            )
-        )
-    otlp = config.otlp.resolve()
-    if otlp.enabled:
-        # Imported only when used: the protobuf modules weigh on start-up time and memory.
-        from collector.otlp.metric_store import RedisMetricStore
-        from collector.otlp.sink import OtlpSink
-
-        # -- #12: metric intervals persist next to the streams, so a crash loses no point.
-        instance = consumer_name(config)
-        store = None
-        if config.redis.url is not None:
-            store = RedisMetricStore(connect(config.redis.url), config.redis.stream_prefix, instance)
-        sinks.append(OtlpSink(otlp, collector_instance=instance, store=store))
-    return sinks
 
 
 class Collector:
@@ -167,20 +121,11 @@ class Collector:
         self.notifier = SystemdNotifier.from_env() if notifier is None else notifier
         self.counters = Counters()
         self.status: Status = RUNNING
-        self.lag: dict[StreamKind, Optional[int]] = {"errors": None, "events": None}
         self.stopped = threading.Event()  # set when run() has returned
         self._stop = threading.Event()
         self._deadline: Optional[float] = None
         self._stop_noticed = False
-        self._started_at = time.time()
-        self._maxlen: dict[StreamKind, int] = {"events": settings.events_maxlen, "errors": settings.errors_maxlen}
-        self._retention: dict[StreamKind, float] = {
-            "events": settings.events_retention,
-            "errors": settings.errors_retention,
-        }
         self._more_waiting = False  # the last read of new entries was full: read ahead
-        self._at_risk: set[StreamKind] = set()
-        self._lag_unsupported = False
         self._redis_down = False
         self._refusal: Optional[str] = None
         self._keepalive = KeepAlive(settings.heartbeat_interval, self._beat_while_blocked, self._sink_stalled)
@@ -206,15 +151,20 @@ class Collector:
         )
         self._redis.set_response_callback("XREADGROUP", _raw)
         self._redis.set_response_callback("XAUTOCLAIM", _raw)
-        self._delete_if_idle = self._redis.register_script(_DELETE_IF_IDLE)
         self.losses = LossBook(
             self._redis, self.names, self.group, kind_of={key: kind for kind, key in self.streams}.get,
             alert_engine=alert_engine,
         )  # fmt: skip
-        self.trimmer = StreamTrimmer(
-            self._redis, config.redis.stream_prefix, self.streams, retention=self._retention,
-            cap=lambda kind: self.losses.caps.get(kind) or self._maxlen[kind],
+        retention: dict[StreamKind, float] = {"events": settings.events_retention, "errors": settings.errors_retention}
+        trimmer = StreamTrimmer(
+            self._redis, config.redis.stream_prefix, self.streams, retention=retention,
+            cap=lambda kind: self.chores.cap(kind),
             connection_epoch=lambda: self.counters.reconnects,  # a reconnect may meet another server: probe again
+        )  # fmt: skip
+        self.chores = Housekeeping(
+            self._redis, self.names, self.streams, group=self.group, consumer=self.consumer, settings=settings,
+            counters=self.counters, losses=self.losses, trimmer=trimmer, alert_engine=alert_engine,
+            describe=lambda: {"status": self.status, "refusal": self._refusal or ""},
         )  # fmt: skip
         self.reader = Reader(
             self._redis, self.streams, group=self.group, consumer=self.consumer, settings=settings,
@@ -354,7 +304,7 @@ class Collector:
         self._keepalive.close()
         if not self._redis_down:  # otherwise a connect timeout would eat into the deadline; it expires anyway
             try:
-                self._redis.delete(self.names.heartbeat(self.consumer))
+                self.chores.remove_heartbeat()
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
         log.info("collector_stopped", consumer=self.consumer, **self.counters.as_dict())
@@ -363,34 +313,11 @@ class Collector:
     # -- connection -----------------------------------------------------------------------------
 
     def _ensure_groups(self) -> None:
-        """Create the group on both streams (and the streams) unless it exists.
-
-        A new group starts at ``0``: events emitted before the first collector
-        ever ran are delivered too. Reading restarts at our own pending list.
-        """
-        created: list[StreamKind] = []
-        for kind, key in self.streams:
-            if self._has_group(key):
-                continue  # no write needed: a Redis refusing writes (OOM, READONLY) can still serve us
-            try:
-                self._redis.xgroup_create(key, self.group, id="0", mkstream=True)
-                created.append(kind)
-            except redis.ResponseError as exc:
-                if not str(exc).startswith("BUSYGROUP"):
-                    raise
+        """Join the group (made on both streams when missing), then reread our pending list."""
+        created = self.reader.attach()
         if created and self._attached:
-            self.losses.group_vanished(created, self.lag)
+            self.losses.group_vanished(created, self.chores.lag)
         self._attached = True
-        self.reader.restart()
-
-    def _has_group(self, key: str) -> bool:
-        try:
-            groups = self._redis.xinfo_groups(key)
-        except redis.ResponseError as exc:
-            if "no such key" not in str(exc):
-                raise
-            return False
-        return any(text(group["name"]) == self.group for group in groups)
 
     def _connect(self) -> bool:
         backoff = Backoff(0.1, min(self.settings.max_backoff, _REATTACH_CAP))
@@ -517,17 +444,19 @@ class Collector:
             due["heartbeat"] = now + self.settings.heartbeat_interval
             with self._keepalive.lock:
                 self._guarded(self._heartbeat, quiet=not reading)
+        if self.chores.trim_soon:  # the lag check (by the loop or the keepalive thread) saw a crowded stream
+            due["trim"] = min(due["trim"], now)
         if now >= due["stats"]:
             due["stats"] = now + self.settings.stats_interval
-            log.info("collector_stats", status=self.status, lag=dict(self.lag), **self.counters.as_dict())
+            log.info("collector_stats", status=self.status, lag=dict(self.chores.lag), **self.counters.as_dict())
         if "alerts" in due and now >= due["alerts"]:
             due["alerts"] = now + 1.0
             assert self.alert_engine is not None
             self.alert_engine.tick(time.time())
         if reading and now >= due["trim"]:
             due["trim"] = now + self.settings.trim_interval
-            self._guarded(self._trim, quiet=False)
-            self._guarded(self._remove_idle_consumers, quiet=False)
+            self._guarded(self.chores.trim, quiet=False)
+            self._guarded(self.chores.remove_idle_consumers, quiet=False)
 
     def _sinks_recovered(self) -> None:
         if self.status in (BACKPRESSURE, PAUSED_AUTH):
@@ -563,99 +492,8 @@ class Collector:
             log.warning("housekeeping_refused", chore=chore.__name__, refusal=code, error=str(exc))
 
     def _heartbeat(self) -> None:
-        self.losses.poll()
-        self._check_lag()
-        key = self.names.heartbeat(self.consumer)
-        fields: dict[str, Any] = {
-            "consumer": self.consumer,
-            "group": self.group,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started_at": round(self._started_at, 3),
-            "last_seen": round(time.time(), 3),
-            "status": self.status,
-            "refusal": self._refusal or "",
-            "trim_strategy": self.trimmer.strategy_name,
-            **self.counters.as_dict(),
-        }
-        for kind, lost in self.losses.totals.items():
-            fields[f"lost_{kind}_total"] = lost  # durable, the whole group's
-        for kind, lag in self.lag.items():
-            fields[f"lag_{kind}"] = -1 if lag is None else lag
-        ttl = max(int(self.settings.heartbeat_interval * 3 + 0.999), 2)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, ttl)
-        pipe.execute()
+        self.chores.heartbeat()
         self.notifier.status(self._status_text())
-
-    def _check_lag(self) -> None:
-        """Entries not yet acked (undelivered + pending) against the MAXLEN emitters trim to."""
-        pipe = self._redis.pipeline(transaction=False)
-        for _, key in self.streams:
-            pipe.xinfo_groups(key)
-            pipe.xlen(key)
-        results = pipe.execute(raise_on_error=False)
-        for index, (kind, key) in enumerate(self.streams):
-            groups, length = results[2 * index], results[2 * index + 1]
-            if isinstance(groups, Exception) or isinstance(length, Exception):
-                continue  # the stream is gone; the next read recreates it
-            mine = next((g for g in groups if text(g.get("name")) == self.group), None)
-            if mine is None:
-                continue
-            cap = self.losses.caps.get(kind) or self._maxlen[kind]
-            if cap and length > cap * _ACKED_TRIM_RATIO:
-                self._due["trim"] = time.monotonic()  # acked entries go before the emitters' guard nears them
-            if "lag" not in mine:
-                # Redis 6.2 does not track lag. The stream length bounds it from above, and a
-                # close one: acked entries are trimmed whenever the stream passes half the cap.
-                if not self._lag_unsupported:
-                    self._lag_unsupported = True
-                    log.info("lag_estimated", note="Redis 6.2 reports no group lag: the stream length bounds it")
-                unacked = int(length)
-            else:
-                self.losses.gap_checks = True  # Redis 7+: the counters a gap is counted by exist
-                lag = mine["lag"]
-                # Redis cannot count the lag once entries past the group's position were deleted
-                # (trimmed before delivery): then the whole stream may be unread.
-                unacked = int(mine.get("pending") or 0) + (int(lag) if lag is not None else int(length))
-            self.lag[kind] = unacked
-            self._judge_lag(kind, key, unacked)
-
-    def _judge_lag(self, kind: StreamKind, key: str, unacked: int) -> None:
-        maxlen = self.losses.caps.get(kind) or self._maxlen[kind]
-        if self.alert_engine is not None:
-            self.alert_engine.observe_lag(kind, unacked, maxlen)
-        if not maxlen:
-            return
-        at_risk = unacked >= self.settings.lag_warn_ratio * maxlen
-        if at_risk and kind not in self._at_risk:
-            log.warning(
-                "unacked_data_at_risk",
-                stream=key,
-                unacked=unacked,
-                maxlen=maxlen,
-                action="the emitters' MAXLEN trimming will delete entries not yet delivered: "
-                "add collectors, fix slow sinks or raise the MAXLEN",
-            )
-        elif not at_risk and kind in self._at_risk:
-            log.info("unacked_data_safe_again", stream=key, unacked=unacked, maxlen=maxlen)
-        (self._at_risk.add if at_risk else self._at_risk.discard)(kind)
-
-    def _trim(self) -> None:
-        self.trimmer.trim()  # collector/trimming.py: by age, and every acked entry once crowded
-
-    def _remove_idle_consumers(self) -> None:
-        idle_ms = int(self.settings.consumer_idle_timeout * 1000)
-        if idle_ms <= 0:
-            return
-        for _, key in self.streams:
-            for consumer in self._redis.xinfo_consumers(key, self.group):
-                name = text(consumer["name"])
-                if name == self.consumer or consumer["pending"] or consumer["idle"] < idle_ms:
-                    continue
-                if self._delete_if_idle(keys=[key], args=[self.group, name]) >= 0:
-                    log.info("idle_consumer_removed", stream=key, consumer=name, idle_s=consumer["idle"] // 1000)
 
     # -- status -----------------------------------------------------------------------------------
 

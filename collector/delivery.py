@@ -152,11 +152,10 @@ class Delivery:
                         write.result()
                 except SinkUnavailable as exc:
                     delay = max(backoff.next(), exc.retry_after or 0.0)
-                    self._trouble.failing("backpressure")
                     log.warning("sink_unavailable", sink=sink.name, error=str(exc), retry_in_s=round(delay, 2))
+                    self._trouble.failing("backpressure")
                 except SinkAuthError as exc:
                     delay = self.settings.auth_retry_interval
-                    self._trouble.failing("paused_auth")
                     log.error(
                         "sink_auth_failed",
                         sink=sink.name,
@@ -164,6 +163,7 @@ class Delivery:
                         retry_in_s=delay,
                         action="fix the sink's credentials; entries stay pending in Redis meanwhile",
                     )
+                    self._trouble.failing("paused_auth")
                 except SinkRejected as exc:
                     for record in exc.records:
                         batch.rejections.setdefault(record.stream_id, (record, []))[1].append(f"{sink.name}: {exc.reason}")

@@ -72,9 +72,33 @@ class Reader:
         self._cursor: dict[str, bytes | str] = {}
         self._claim_cursor: dict[str, bytes | str] = {key: "0-0" for _, key in streams}
 
-    def restart(self) -> None:
-        """Read our own pending list again from the start, then new entries."""
+    def attach(self) -> list[StreamKind]:
+        """Create the group on both streams (and the streams) unless it exists; the kinds created.
+
+        A new group starts at ``0``: events emitted before the first collector
+        ever ran are delivered too. Reading restarts at our own pending list.
+        """
+        created: list[StreamKind] = []
+        for kind, key in self.streams:
+            if self._has_group(key):
+                continue  # no write needed: a Redis refusing writes (OOM, READONLY) can still serve us
+            try:
+                self._redis.xgroup_create(key, self.group, id="0", mkstream=True)
+                created.append(kind)
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
         self._cursor = {key: "0" for _, key in self.streams}
+        return created
+
+    def _has_group(self, key: str) -> bool:
+        try:
+            groups = self._redis.xinfo_groups(key)
+        except redis.ResponseError as exc:
+            if "no such key" not in str(exc):
+                raise
+            return False
+        return any(text(group["name"]) == self.group for group in groups)
 
     @property
     def in_history(self) -> bool:

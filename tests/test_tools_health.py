@@ -131,6 +131,9 @@ class TestDegraded:
             with emitters(redis_url, "api") as (api,):
                 api.event("request.received")
             assert sink.calls.wait(20)
+            # The sink now runs on a writer thread: let the loop log the refusal before health's output
+            # is captured (the CLI runner captures this process's stdout, where that log line goes).
+            wait_for(lambda: collector.status == "paused_auth", what="the collector paused")
             code, report = wait_for(
                 lambda: (result := _health(redis_url))[0] == 1 and result[1]["collectors"][0]["status"] == "paused_auth" and result,
                 what="paused_auth in the heartbeat",
