@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from collector.embedded import RedisProcess
 from tests.support.collector_process import CollectorProcess, collectors, launch  # noqa: F401  (fixture)
 from tests.support.inflight_kills import kill_mid_flight, lost_counters, unprocessed
@@ -37,6 +39,7 @@ def file_lines(directory: Path) -> int:
     return sum(path.read_bytes().count(b"\n") for path in directory.glob("events-*.jsonl"))
 
 
+@pytest.mark.slow
 class TestSigkillWithBatchesInFlight:
     def test_every_event_delivered_duplicates_bounded_by_the_window(
         self, versioned_redis: RedisProcess, tmp_path: Path, collectors: list[CollectorProcess]
