@@ -25,7 +25,7 @@ from tests.support.tool_runs import cli
 from tests.support.waiting import wait_for
 
 # The daemon's window: batches read but not acked at most (the read in hand plus the read ahead).
-IN_FLIGHT_BATCHES = 2
+IN_FLIGHT_BATCHES = 3
 BATCH_SIZE = 200
 BACKLOG = 30_000
 # Each kill waits until the process holds more than this many entries read and not acked: first
@@ -49,7 +49,9 @@ class TestSigkillWithBatchesInFlight:
         events = [custom_event(n) for n in range(BACKLOG)]
         for start in range(0, BACKLOG, 5_000):
             add_events(client, events[start : start + 5_000])
-        args: tuple[Any, ...] = (tmp_path, versioned_redis.url, "--batch-size", str(BATCH_SIZE))
+        args: tuple[Any, ...] = (
+            tmp_path, versioned_redis.url, "--batch-size", str(BATCH_SIZE), "--batches-in-flight", str(IN_FLIGHT_BATCHES)
+        )
 
         held_at_kills = []
         for threshold in KILL_WHEN_HOLDING_MORE_THAN:
