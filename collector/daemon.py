@@ -43,7 +43,7 @@ from collector.delivery import Delivery, SinkTrouble
 from collector.housekeeping import Housekeeping
 from collector.keepalive import KeepAlive
 from collector.loss import LossBook
-from collector.pacing import Backoff, Counters, text
+from collector.pacing import Backoff, Counters
 from collector.reading import Batch, Reader
 from collector.records import StreamKind
 from collector.redisconn import connect, redact_url
@@ -51,7 +51,6 @@ from collector.refusals import REFUSAL_ACTIONS, refusal
 from collector.sdnotify import SystemdNotifier
 from collector.sinks import Sink, SinkError
 from collector.sinks.configured import build_sinks, consumer_name
-from collector.trimming import StreamTrimmer
 from emitters.streams import stream_names
 
 if TYPE_CHECKING:
@@ -72,11 +71,6 @@ STOPPING: Status = "stopping"
 # whatever max_backoff says: emitters flush their backlog within seconds of Redis returning,
 # and the group must be there to receive it.
 _REATTACH_CAP = 2.0
-
-
-def _raw(response: Any, **options: Any) -> Any:
-    """Keep stream replies as Redis sent them: entries as flat field lists, no dicts."""
-    return response
 
 
 class _DeadlinePassed(Exception):
@@ -149,21 +143,13 @@ class Collector:
             # A blocking XREADGROUP must not look like a dead socket.
             socket_timeout=settings.block_ms / 1000 + 10.0,
         )
-        self._redis.set_response_callback("XREADGROUP", _raw)
-        self._redis.set_response_callback("XAUTOCLAIM", _raw)
         self.losses = LossBook(
             self._redis, self.names, self.group, kind_of={key: kind for kind, key in self.streams}.get,
             alert_engine=alert_engine,
         )  # fmt: skip
-        retention: dict[StreamKind, float] = {"events": settings.events_retention, "errors": settings.errors_retention}
-        trimmer = StreamTrimmer(
-            self._redis, config.redis.stream_prefix, self.streams, retention=retention,
-            cap=lambda kind: self.chores.cap(kind),
-            connection_epoch=lambda: self.counters.reconnects,  # a reconnect may meet another server: probe again
-        )  # fmt: skip
         self.chores = Housekeeping(
-            self._redis, self.names, self.streams, group=self.group, consumer=self.consumer, settings=settings,
-            counters=self.counters, losses=self.losses, trimmer=trimmer, alert_engine=alert_engine,
+            self._redis, self.names, self.streams, stream_prefix=config.redis.stream_prefix, group=self.group, consumer=self.consumer, settings=settings,
+            counters=self.counters, losses=self.losses, alert_engine=alert_engine,
             describe=lambda: {"status": self.status, "refusal": self._refusal or ""},
         )  # fmt: skip
         self.reader = Reader(

@@ -48,12 +48,12 @@ class Housekeeping:
         names: StreamNames,
         streams: tuple[tuple[StreamKind, str], ...],
         *,
+        stream_prefix: str,
         group: str,
         consumer: str,
         settings: CollectorConfig,
         counters: Counters,
         losses: LossBook,
-        trimmer: StreamTrimmer,
         alert_engine: Optional["AlertStage"],
         describe: Callable[[], dict[str, Any]],
     ) -> None:
@@ -65,7 +65,11 @@ class Housekeeping:
         self.settings = settings
         self.counters = counters
         self.losses = losses
-        self.trimmer = trimmer
+        retention: dict[StreamKind, float] = {"events": settings.events_retention, "errors": settings.errors_retention}
+        self.trimmer = StreamTrimmer(
+            client, stream_prefix, streams, retention=retention, cap=self.cap,
+            connection_epoch=lambda: counters.reconnects,  # a reconnect may meet another server: probe again
+        )  # fmt: skip
         self.alert_engine = alert_engine
         self._describe = describe
         self.lag: dict[StreamKind, Optional[int]] = {"errors": None, "events": None}

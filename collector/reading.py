@@ -48,6 +48,10 @@ class Batch:
         return sum(map(len, self.ack.values()))
 
 
+def _raw(response: Any, **options: Any) -> Any:
+    return response
+
+
 class Reader:
     """Cursors and reads of ``streams`` (errors first: a batch is handled in this order)."""
 
@@ -63,6 +67,9 @@ class Reader:
         losses: LossBook,
     ) -> None:
         self._redis = client
+        # Stream replies stay as Redis sent them: entries as flat field lists, no dicts per entry.
+        client.set_response_callback("XREADGROUP", _raw)
+        client.set_response_callback("XAUTOCLAIM", _raw)
         self.streams = streams
         self.group = group
         self.consumer = consumer
