@@ -16,7 +16,7 @@ import pytest
 from collector.records import Record
 from collector.sinks import Sink, SinkUnavailable
 from collector.sinks import jsonl
-from collector.sinks.jsonl import JsonlSink, RotatingJsonlWriter, encode_record, segment_files
+from collector.sinks.jsonl import JsonlSink, RotatingJsonlWriter, encode_lines, segment_files
 from emitters import events
 
 
@@ -315,12 +315,12 @@ class TestJsonlSink:
                 assert event == record.event
                 assert msgspec.json.decode(line)["stream_id"] == record.stream_id
 
-    def test_encode_record_matches_a_dict_encoding(self) -> None:
+    def test_encode_lines_matches_a_dict_encoding(self) -> None:
         """The spliced encoding is exactly the event's JSON object plus stream_id."""
         for seq, event in enumerate(sample_events()):
             record = record_for(event, seq)
             expected = {"stream_id": record.stream_id, **msgspec.to_builtins(event)}
-            assert msgspec.json.decode(encode_record(record)) == expected
+            assert msgspec.json.decode(encode_lines([record])[record.stream]) == expected
 
     def test_disk_full_raises_sink_unavailable_and_the_retry_succeeds(
         self, tmp_path: Path, fail_writes_under: Callable[[Path, int], None], monkeypatch: pytest.MonkeyPatch
