@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from collector.consumer import decode_entries
-from emitters.events import GenerationCompleted, ValidationError, decode, encode
-from emitters.policy import may_hold_non_finite, out_of_range
+from emitters.events import GenerationCompleted, TokenGenerated, ValidationError, decode, encode
+from emitters.policy import out_of_range
 from emitters.streams import PAYLOAD_FIELD, SKIP_SINKS_FIELD
 from tests.support.event_payloads import payloads
 from tests.support.stream_entries import NAMES, envelope
@@ -24,25 +24,38 @@ from tests.support.stream_entries import NAMES, envelope
 MiB = 1 << 20
 
 
+def verdicts(payload: bytes) -> tuple[str | None, str | None]:
+    """(with the payload, by the field scan alone) for the event ``payload`` decodes to."""
+    event, now = decode(payload), time.time_ns()
+    return out_of_range(event, now, payload=payload), out_of_range(event, now)
+
+
+def token_with_logprob(value: float) -> bytes:
+    """A token.generated whose one float (logprob, unconstrained) is ``value``, as float64."""
+    return encode(TokenGenerated(**envelope(), model="m", request_id="r", token="t", index=0, logprob=value))
+
+
 class TestPrefilter:
     @pytest.mark.parametrize(("marker", "fmt", "tail"), [(b"\xcb", ">d", 6), (b"\xca", ">f", 2)], ids=["f64", "f32"])
-    def test_flagged_exactly_when_the_exponent_is_all_ones(self, marker: bytes, fmt: str, tail: int) -> None:
-        """Exhaustive over the two bytes that hold sign and exponent: a float is flagged iff it is
-        NaN or infinite, zero mantissa (infinity) or not (NaN)."""
+    def test_every_exponent_gets_the_scans_verdict(self, marker: bytes, fmt: str, tail: int) -> None:
+        """Exhaustive over the two bytes that hold sign and exponent, zero mantissa (infinity) or
+        not (NaN): with the payload, the verdict is the field scan's, reason and path included."""
+        template = token_with_logprob(0.5)
+        assert template.count(b"\xcb" + struct.pack(">d", 0.5)) == 1
         for high in range(1 << 16):
-            for rest in (b"\x00" * tail, b"\x01" * tail):  # bytes that cannot start a lookalike themselves
+            for rest in (b"\x00" * tail, b"\x01" * tail):
                 raw = high.to_bytes(2, "big") + rest
-                finite = math.isfinite(struct.unpack(fmt, raw)[0])
-                assert may_hold_non_finite(b"\x91" + marker + raw) is not finite, raw.hex()
+                payload = template.replace(b"\xcb" + struct.pack(">d", 0.5), marker + raw)
+                with_payload, scanned = verdicts(payload)
+                assert with_payload == scanned, raw.hex()
+                assert (scanned is None) is math.isfinite(struct.unpack(fmt, raw)[0]), raw.hex()
 
     def test_exponent_edges(self) -> None:
-        """All-ones exponents are flagged; the largest finite values are not."""
+        """NaN and infinities of either sign are refused; the largest and smallest finite floats are not."""
         for value in (math.nan, -math.nan, math.inf, -math.inf):
-            assert may_hold_non_finite(msgspec.msgpack.encode([1.5, value]))
-            assert may_hold_non_finite(b"\x91\xca" + struct.pack(">f", value))
+            assert verdicts(token_with_logprob(value)) == (f"{value} is not a finite number - at `$.logprob`",) * 2
         for value in (1.7976931348623157e308, -1.7976931348623157e308, 0.0, -0.0, 5e-324):
-            assert not may_hold_non_finite(msgspec.msgpack.encode([1.5, value]))
-        assert not may_hold_non_finite(b"\x91\xca" + struct.pack(">f", 3.4028234663852886e38))
+            assert verdicts(token_with_logprob(value)) == (None, None)
 
 
 class TestSameVerdict:
@@ -63,8 +76,8 @@ class TestSameVerdict:
         event = GenerationCompleted(**envelope(pid=0xCB7FF0), model="m", request_id="r", prompt_tokens=1,
                                     generation_tokens=2, duration_ms=3.0)  # fmt: skip
         payload = encode(event)
-        assert may_hold_non_finite(payload)
-        assert out_of_range(decode(payload), time.time_ns(), payload=payload) is None
+        assert b"\xce\x00\xcb\x7f\xf0" in payload  # pid, a uint32
+        assert verdicts(payload) == (None, None)
 
     def test_float32_nan_in_attrs_is_refused_with_its_path(self) -> None:
         """A float32 NaN (never written by our encoders) is found and named like a float64 one."""
