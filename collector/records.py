@@ -11,8 +11,11 @@ from emitters.events import Event
 StreamKind = Literal["events", "errors"]
 
 
-class Record(msgspec.Struct, frozen=True):
+class Record(msgspec.Struct, frozen=True, gc=False):
     """A validated event plus where it came from in Redis.
+
+    Untracked by the cycle collector (``gc=False``): one is made per event, and
+    nothing it holds can lead back to it.
 
     ``stream`` is the logical stream (``events`` or ``errors``), ``stream_id``
     the Redis entry id (``1700000000000-0``), ``raw`` the original msgpack

@@ -7,17 +7,21 @@ import errno
 import os
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from collector.records import Record
 from collector.sinks import Sink, SinkUnavailable
 from collector.sinks import jsonl
-from collector.sinks.jsonl import JsonlSink, RotatingJsonlWriter, encode_record, segment_files
+from collector.sinks.jsonl import JsonlSink, RotatingJsonlWriter, encode_lines, segment_files
 from emitters import events
+from tests.support.event_payloads import payloads
 
 
 def utc(text: str) -> float:
@@ -262,6 +266,57 @@ class TestRotatingJsonlWriter:
         writer.close()
         assert segment_files(tmp_path, "events") == []
 
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.lists(st.integers(1, 70), max_size=12), min_size=1, max_size=6), st.integers(8, 160))
+    def test_blocks_rotate_exactly_like_lines_one_by_one(self, batches: list[list[int]], max_bytes: int) -> None:
+        """A framed block lands in the same segments, cut at the same lines, as the per-line rule:
+        rotate before a line that does not fit a non-empty segment."""
+        clock = FakeClock(utc("2024-05-01T12:00:00"))
+        expected: list[list[bytes]] = [[]]
+        size, counter = 0, 0
+        with tempfile.TemporaryDirectory() as directory:
+            writer = RotatingJsonlWriter(directory, "events", max_bytes=max_bytes, retention_days=0, clock=clock)
+            for lengths in batches:
+                lines = []
+                for length in lengths:
+                    line = b"%d" % counter + b"x" * length
+                    counter += 1
+                    if size and size + len(line) + 1 > max_bytes:
+                        expected.append([])
+                        size = 0
+                    expected[-1].append(line)
+                    size += len(line) + 1
+                    lines.append(line)
+                writer.write_block(b"".join(line + b"\n" for line in lines))
+            writer.close()
+            got = [path.read_bytes().splitlines() for path in segment_files(directory, "events")]
+        assert got == (expected if counter else [])
+
+    def test_a_segment_rotated_to_takes_a_line_even_when_another_writer_filled_it(self, tmp_path: Path) -> None:
+        """Two collectors sharing the directory: the one rotating into a segment the other has
+        partly filled still puts its next line there, then rotates again for the rest."""
+        clock = FakeClock(utc("2024-05-01T12:00:00"))
+        first = RotatingJsonlWriter(tmp_path, "events", max_bytes=20, retention_days=0, clock=clock)
+        first.write_block(b"a" * 9 + b"\n")
+        second = RotatingJsonlWriter(tmp_path, "events", max_bytes=20, retention_days=0, clock=clock)
+        second.write_block(b"b" * 9 + b"\n" + b"c" * 9 + b"\n")  # fills the first segment, opens .1
+        first.write_block(b"d" * 14 + b"\n" + b"e" * 2 + b"\n")
+        first.close()
+        second.close()
+        assert [path.read_bytes().splitlines() for path in segment_files(tmp_path, "events")] == [
+            [b"a" * 9, b"b" * 9],
+            [b"c" * 9, b"d" * 14],
+            [b"e" * 2],
+        ]
+
+    def test_rejects_a_block_without_its_final_newline(self, tmp_path: Path) -> None:
+        """A block is whole lines: one cut short would run into the next batch's first line."""
+        writer = RotatingJsonlWriter(tmp_path, "events", max_bytes=100, retention_days=0)
+        with pytest.raises(ValueError, match="newline"):
+            writer.write_block(b'{"a":1}\n{"a":2}')
+        writer.close()
+        assert segment_files(tmp_path, "events") == []
+
     @pytest.mark.parametrize(
         ("kwargs", "message"),
         [
@@ -315,12 +370,48 @@ class TestJsonlSink:
                 assert event == record.event
                 assert msgspec.json.decode(line)["stream_id"] == record.stream_id
 
-    def test_encode_record_matches_a_dict_encoding(self) -> None:
+    def test_encode_lines_matches_a_dict_encoding(self) -> None:
         """The spliced encoding is exactly the event's JSON object plus stream_id."""
         for seq, event in enumerate(sample_events()):
             record = record_for(event, seq)
             expected = {"stream_id": record.stream_id, **msgspec.to_builtins(event)}
-            assert msgspec.json.decode(encode_record(record)) == expected
+            assert msgspec.json.decode(encode_lines([record])[record.stream]) == expected
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.lists(
+            st.tuples(payloads(), st.text(max_size=12) | st.from_regex(r"\A[0-9]{1,13}-[0-9]{1,4}\Z"), st.booleans()),
+            max_size=12,
+        )
+    )
+    def test_files_are_byte_identical_to_the_per_record_splice(self, drawn: list[tuple[bytes, str, bool]]) -> None:
+        """The batch encoded into one buffer per stream writes exactly what encoding each record
+        alone and splicing its stream_id in did: varied events (NaN too), both streams, replayed
+        records, ids that need JSON escaping."""
+        batch = []
+        for payload, stream_id, replayed in drawn:
+            try:
+                event = events.decode(payload)
+            except events.ValidationError:
+                continue
+            stream = "errors" if events.is_error(event) else "events"
+            batch.append(Record(stream, stream_id, event, payload, ("otlp",) if replayed else ()))
+        json = msgspec.json.Encoder()
+        expected = {
+            stream: b"".join(
+                b'{"stream_id":' + json.encode(r.stream_id) + b"," + json.encode(r.event)[1:] + b"\n"
+                for r in batch
+                if r.stream == stream
+            )
+            for stream in ("events", "errors")
+        }
+        assert encode_lines(batch) == expected
+        with tempfile.TemporaryDirectory() as directory:
+            sink = JsonlSink(directory, max_bytes=1 << 20, retention_days=0)
+            sink.write(batch)
+            sink.close()
+            for stream in ("events", "errors"):
+                assert b"".join(path.read_bytes() for path in segment_files(directory, stream)) == expected[stream]
 
     def test_disk_full_raises_sink_unavailable_and_the_retry_succeeds(
         self, tmp_path: Path, fail_writes_under: Callable[[Path, int], None], monkeypatch: pytest.MonkeyPatch

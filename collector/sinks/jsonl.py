@@ -11,9 +11,9 @@ so a reader following a file is never surprised by a rename, and a restart
 continues in the newest segment of the day. :func:`segment_files` lists them
 in write order.
 
-Every :meth:`RotatingJsonlWriter.write_lines` call ends with flush + fsync
-(that is what lets the daemon XACK), and a failed write is cut back so the
-retry of the same batch does not append after a torn line.
+Every :meth:`RotatingJsonlWriter.write_block` (and ``write_lines``) call ends
+with flush + fsync (that is what lets the daemon XACK), and a failed write is
+cut back so the retry of the same batch does not append after a torn line.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import msgspec
 import structlog
@@ -33,7 +33,7 @@ import structlog
 from collector.records import Record
 from collector.sinks import SinkUnavailable
 
-__all__ = ["RotatingJsonlWriter", "JsonlSink", "encode_record", "segment_files"]
+__all__ = ["RotatingJsonlWriter", "JsonlSink", "encode_lines", "segment_files"]
 
 log = structlog.get_logger("collector.sinks.jsonl")
 
@@ -146,6 +146,18 @@ class RotatingJsonlWriter:
         for line in lines:
             if b"\n" in line:
                 raise ValueError("a JSONL line must not contain a newline")
+        self.write_block(b"\n".join(lines) + b"\n")
+
+    def write_block(self, block: bytes | bytearray) -> None:
+        """Append ``block``, whole lines each ending with its newline, durably.
+
+        The same contract as :meth:`write_lines` for lines already framed (a
+        batch encoded into one buffer): a segment is cut only between lines.
+        """
+        if not block:
+            return
+        if block[-1] != 0x0A:
+            raise ValueError("a JSONL block must end with a newline")
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self.stem} writer is closed")
@@ -155,27 +167,33 @@ class RotatingJsonlWriter:
                 self._apply_retention(now)
             fd = self._ensure_current()
             size = os.fstat(fd).st_size
-            pending: list[bytes] = []
-            for line in lines:
-                length = len(line) + 1
-                if size and size + length > self.max_bytes:
-                    if pending:
-                        self._append(fd, pending)
-                        pending = []
-                    fd = self._next_segment()
-                    size = os.fstat(fd).st_size
-                pending.append(line)
-                size += length
-            self._append(fd, pending)
+            view = memoryview(block)
+            start, end = 0, len(block)
+            rotated = False  # a segment just rotated to takes at least one line, however full
+            while True:
+                room = self.max_bytes - size
+                if end - start <= room:
+                    cut = end
+                else:  # the lines that still fit; none when even the first one does not
+                    cut = block.rfind(b"\n", start, start + max(room, 0)) + 1
+                    if cut <= start and (rotated or not size):
+                        cut = block.index(b"\n", start) + 1
+                if cut > start:
+                    self._append(fd, view[start:cut])
+                    size += cut - start
+                    start = cut
+                if start == end:
+                    return
+                fd = self._next_segment()
+                size = os.fstat(fd).st_size
+                rotated = True
 
-    def _append(self, fd: int, lines: list[bytes]) -> None:
-        data = b"\n".join(lines) + b"\n"
+    def _append(self, fd: int, data: memoryview) -> None:
         start = os.fstat(fd).st_size
         written = 0
         try:
-            view = memoryview(data)
             while written < len(data):
-                written += os.write(fd, view[written:])
+                written += os.write(fd, data[written:])
             os.fsync(fd)
         except OSError:
             self._cut_back(fd, start, written)
@@ -272,16 +290,29 @@ class RotatingJsonlWriter:
 
 
 _json = msgspec.json.Encoder()
+_encode_into = _json.encode_into
+_COMMA = ord(",")
 
 
-def encode_record(record: Record) -> bytes:
-    """The event as one JSON object with ``stream_id`` first.
+def encode_lines(batch: Iterable[Record]) -> dict[str, bytearray]:
+    """The JSONL lines of ``batch`` per stream, each event one object with ``stream_id`` first.
 
-    The id is spliced into the encoder's output instead of going through a
-    dict: the event encodes straight from its Struct.
+    Every line is encoded straight into its stream's buffer: ``{"stream_id":``,
+    the id, then the event's own object with its opening brace overwritten by
+    the comma that joins the two. The writer then takes each buffer whole. The
+    framing holds because msgspec escapes control characters inside strings:
+    the newline after each object is the only one in its line.
     """
-    body = _json.encode(record.event)
-    return b'{"stream_id":' + _json.encode(record.stream_id) + b"," + body[1:]
+    events, errors = bytearray(), bytearray()
+    for record in batch:
+        out = errors if record.stream == "errors" else events
+        out += b'{"stream_id":'
+        _encode_into(record.stream_id, out, -1)
+        brace = len(out)
+        _encode_into(record.event, out, -1)
+        out[brace] = _COMMA
+        out += b"\n"
+    return {"events": events, "errors": errors}
 
 
 class JsonlSink:
@@ -306,12 +337,9 @@ class JsonlSink:
         }
 
     def write(self, batch: Sequence[Record]) -> None:
-        by_stream: dict[str, list[bytes]] = {"events": [], "errors": []}
-        for record in batch:
-            by_stream[record.stream].append(encode_record(record))
-        for stream, lines in by_stream.items():
+        for stream, block in encode_lines(batch).items():
             try:
-                self._writers[stream].write_lines(lines)
+                self._writers[stream].write_block(block)
             except OSError as exc:
                 raise SinkUnavailable(
                     f"jsonl: writing {stream} under {self.directory} failed: "
