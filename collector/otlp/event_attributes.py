@@ -11,7 +11,6 @@ check and one concatenation with a prepared head.
 
 from __future__ import annotations
 
-from keyword import iskeyword
 from typing import Any, Callable, Optional
 
 from collector.otlp import wire
@@ -64,16 +63,19 @@ _FIELD_SOURCE = """\
 """
 
 
-def _compile(fields: list[str], keys: list[AttributeKey]) -> Callable[[Any, Callable[[bytes], None], Callable], None]:
+_Fields = Callable[[Any, Callable[[bytes], None], Callable], None]  # (event, append, expand)
+
+
+def _compile(fields: list[str], keys: list[AttributeKey]) -> _Fields:
     """``append``s the items of ``fields`` of an event; a ``dict`` value goes to ``expand(key, value, append)``."""
     names: dict[str, Any] = {"SHORT_STRING": SHORT_STRING, "SMALL_VARINTS": _SMALL_VARINTS, "pack_double": _pack_double}
     source = ["def fields(event, append, expand):"]
     for i, (field, key) in enumerate(zip(fields, keys)):
-        if not field.isidentifier() or iskeyword(field):
-            raise ValueError(f"field {field!r} cannot be read as an attribute")
-        names.update({f"key{i}": key, f"heads{i}": key.string_heads, f"double{i}": key.double_head, f"ints{i}": key.int_heads})
+        names.update(
+            {f"key{i}": key, f"heads{i}": key.string_heads, f"double{i}": key.double_head, f"ints{i}": key.int_heads}
+        )
         source.append(_FIELD_SOURCE.format(field=field, i=i))
-    exec("\n".join(source), names)  # noqa: S102 - source built above from struct field names
+    exec("\n".join(source), names)  # noqa: S102 - the source holds only struct field names (identifiers)
     return names["fields"]
 
 
@@ -82,7 +84,7 @@ _ENVELOPE_FIELDS = frozenset(Envelope.__struct_fields__)
 _ERROR_TYPE = AttributeKey(ERROR_TYPE_KEY)
 
 
-def _plan(cls: Optional[type], capture_content: bool) -> Callable[[Any, Callable[[bytes], None], Callable], None]:
+def _plan(cls: Optional[type], capture_content: bool) -> _Fields:
     fields = [field for field, _ in _ENVELOPE]
     keys = [key for _, key in _ENVELOPE]
     if cls is not None and cls is not SpanEnded:  # a scope's span says it all in span fields
