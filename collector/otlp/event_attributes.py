@@ -66,7 +66,7 @@ _FIELD_SOURCE = """\
 _Fields = Callable[[Any, Callable[[bytes], None], Callable], None]  # (event, append, expand)
 
 
-def _compile(fields: list[str], keys: list[AttributeKey]) -> _Fields:
+def _compile(name: str, fields: list[str], keys: list[AttributeKey]) -> _Fields:
     """``append``s the items of ``fields`` of an event; a ``dict`` value goes to ``expand(key, value, append)``."""
     names: dict[str, Any] = {"SHORT_STRING": SHORT_STRING, "SMALL_VARINTS": _SMALL_VARINTS, "pack_double": _pack_double}
     source = ["def fields(event, append, expand):"]
@@ -75,7 +75,8 @@ def _compile(fields: list[str], keys: list[AttributeKey]) -> _Fields:
             {f"key{i}": key, f"heads{i}": key.string_heads, f"double{i}": key.double_head, f"ints{i}": key.int_heads}
         )
         source.append(_FIELD_SOURCE.format(field=field, i=i))
-    exec("\n".join(source), names)  # noqa: S102 - the source holds only struct field names (identifiers)
+    code = compile("\n".join(source), f"<attributes of {name}>", "exec")  # named so in tracebacks and profiles
+    exec(code, names)  # noqa: S102 - the source holds only struct field names (identifiers)
     return names["fields"]
 
 
@@ -99,7 +100,7 @@ def _plan(cls: Optional[type], capture_content: bool) -> _Fields:
         if cls is ErrorEvent:  # besides exception.type, the low-cardinality error.type
             fields.append("error_type")
             keys.append(_ERROR_TYPE)
-    return _compile(fields, keys)
+    return _compile(cls.__name__ if cls is not None else "any event", fields, keys)
 
 
 class AttributeEncoder:
