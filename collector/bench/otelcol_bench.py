@@ -7,7 +7,9 @@ events from Redis. Both send to the same local receiver. CPU is the process's
 user + system time from the moment its input appears until the receiver has
 every log record (start-up excluded), divided by the events, the least of
 interleaved runs (other load only ever adds CPU time): every thread
-counts, and neither spawns a child. Not counted: the Redis server's own work
+counts, and neither spawns a child. Each does its pipeline's work only: otelcol's
+own telemetry is off (``metrics: level: none``), and so is ours (``--http-port 0``:
+no ``/metrics`` aggregation). Not counted: the Redis server's own work
 serving our reads and acks (otelcol reads its file itself), a small advantage to
 ours; counted: otelcol's JSON parsing, where we decode msgpack.
 
@@ -136,7 +138,7 @@ def _ours_cpu(redis_url: str, payloads: list[bytes], signals: list[str], scratch
             sys.executable, "-m", "collector", "run", "--config", str(config), "--redis-url", redis_url,
             "--stream-prefix", prefix, "--consumer", "bench", "--batch-size", "500", "--block-ms", "100",
             "--no-jsonl", "--no-alerts", "--otlp-endpoint", receiver.endpoint, "--otlp-protocol", "http",
-            "--log-format", "json", "--log-level", "warning",
+            "--log-format", "json", "--log-level", "warning", "--http-port", "0",
         ]  # fmt: skip
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:

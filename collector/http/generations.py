@@ -4,20 +4,23 @@ The metrics stage sees every ``generation.completed`` on the collector's
 delivery thread, whose whole budget is ~11 us an event. Bucketing each event
 in Python (a bisect, a division and a sum per histogram) cost ~1.5 us; here an
 event costs a list comprehension per field (its four numbers wait in lists),
-and numpy buckets the values a few thousand at a time, or when ``/metrics`` is
-scraped. The exposition is the same as one ``observe`` per event: ``le``
-buckets include their bound (``searchsorted`` left, as ``bisect_left``), and
-sums add value after value in arrival order (``cumsum``), so they do not
+and the values are bucketed a few thousand at a time, or when ``/metrics`` is
+scraped: sorted once, then one bisect per bucket bound. Stdlib only: numpy
+folded at ~0.15 us an event against ~0.5 here, but took 12 MB of every
+collector's memory (bench row 6: 62.9 MB peak with it, 50.5 without). The
+exposition is the same as one ``observe`` per event: ``le`` buckets include
+their bound, and sums add value after value in arrival order, so they do not
 depend on how batches were cut or when scrapes came.
 """
 
 from __future__ import annotations
 
-import struct
+from bisect import bisect_right
 from collections import defaultdict
+from functools import reduce
+from operator import add
 from typing import Iterator, Optional
 
-import numpy as np
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -49,55 +52,40 @@ _TTFT, _TPOT, _DURATION, _USAGE = HISTOGRAMS
 _REQUESTS_HELP = "Generations completed, by finish reason."
 _TOKENS_HELP = "Output tokens generated."
 
-# Events a series holds before numpy folds them in: numpy's cost per call (~1 us, ~30 calls a
-# fold) spread thin, while a series' waiting values stay under ~300 KB.
+# Events a series holds before they are folded in: sorting and bisecting a few thousand values
+# at a time keeps the Python work per event to a comprehension or two, while a series' waiting
+# values stay under ~300 KB.
 FOLD_AT = 2048
 
 
-def _floats(values: list[float]) -> np.ndarray:
-    """The values as float64: struct packs a list several times faster than np.array converts it."""
-    return np.frombuffer(struct.pack(f"{len(values)}d", *values))
-
-
-def _counts(values: list[int]) -> np.ndarray:
-    """Token counts as int64, or as float64 past its range (which buckets them the same)."""
-    try:
-        return np.frombuffer(struct.pack(f"{len(values)}q", *values), dtype=np.int64)
-    except struct.error:
-        return np.array(values, dtype=np.float64)
-
-
-def _optional_floats(values: list[Optional[float]]) -> np.ndarray:
-    """Idem, None as NaN (the contract rejects NaN, so NaN means absent)."""
-    try:
-        return _floats(values)  # type: ignore[arg-type]
-    except struct.error:  # some None among them: the slower conversion maps it to NaN
-        return np.array(values, dtype=np.float64)
-
-
 class _Histogram:
-    """Bucket counts (the last one +Inf) and the sum of one series."""
+    """Cumulative bucket counts (values at most each bound, then all values) and the sum of one series."""
 
-    __slots__ = ("bounds", "les", "counts", "sum")
+    __slots__ = ("bounds", "les", "cumulative", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = np.array(bounds, dtype=np.float64)
+        self.bounds = bounds
         self.les = [floatToGoString(bound) for bound in bounds] + ["+Inf"]
-        self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)
+        self.cumulative = [0] * (len(bounds) + 1)
         self.sum: float = 0
 
-    def add(self, values: np.ndarray, total: Optional[int] = None) -> None:
-        """``total``: the exact sum of integer values (token counts); other values are summed in order."""
-        if values.size:
-            self.counts += np.bincount(np.searchsorted(self.bounds, values), minlength=self.counts.size)
-            if total is None:  # one addition after another, from the running sum on
-                self.sum = float(np.cumsum(np.concatenate(([self.sum], values)))[-1])
+    def add(self, values: list[float], total: Optional[int] = None) -> None:
+        """``total``: the exact sum of integer values (token counts); other values are summed in order,
+        one addition after another from the running sum on (not sum(): from Python 3.12 it compensates)."""
+        if values:
+            ordered = sorted(values)
+            cumulative = self.cumulative
+            for index, bound in enumerate(self.bounds):  # `le` buckets include their bound
+                cumulative[index] += bisect_right(ordered, bound)
+            cumulative[-1] += len(ordered)
+            if total is None:
+                self.sum = float(reduce(add, values, self.sum))
             else:
                 self.sum += total
 
     def exposed(self) -> tuple[list[tuple[str, float]], float]:
         """Cumulative ``le`` buckets and the sum, as HistogramMetricFamily.add_metric takes them."""
-        return list(zip(self.les, np.cumsum(self.counts).tolist())), self.sum
+        return list(zip(self.les, self.cumulative)), self.sum
 
 
 class _Series:
@@ -133,20 +121,21 @@ class _Series:
     def fold(self) -> None:
         if not self.duration_ms:
             return
-        duration = _floats(self.duration_ms) / 1000.0
-        ttft = _optional_floats(self.ttft_ms) / 1000.0
-        prompt, output = _counts(self.prompt), _counts(self.output)
-        prompt_total, output_total = sum(self.prompt), sum(self.output)
+        duration = [value / 1000.0 for value in self.duration_ms]
+        ttft = [None if value is None else value / 1000.0 for value in self.ttft_ms]
+        prompt, output = self.prompt, self.output
         self.duration_ms, self.ttft_ms, self.prompt, self.output = [], [], [], []
-        timed = ~np.isnan(ttft)
         self.duration.add(duration)
-        self.ttft.add(ttft[timed])
+        self.ttft.add([value for value in ttft if value is not None])
         # After the first token: (duration - ttft) / (tokens - 1), for generations of 2+ tokens with a TTFT.
-        after_first = timed & (output > 1)
-        decode_s = np.where(duration > ttft, duration - ttft, 0.0)[after_first]
-        self.tpot.add(decode_s / (output[after_first] - 1.0))
-        self.tokens_in.add(prompt, prompt_total)
-        self.tokens_out.add(output, output_total)
+        decode = [
+            (total - first if total > first else 0.0) / (tokens - 1.0)
+            for total, first, tokens in zip(duration, ttft, output)
+            if first is not None and tokens > 1
+        ]
+        self.tpot.add(decode)
+        self.tokens_in.add(prompt, sum(prompt))
+        self.tokens_out.add(output, sum(output))
 
 
 class Generations:
@@ -184,7 +173,7 @@ class Generations:
             family = HistogramMetricFamily(name, HISTOGRAMS[name][0], labels=["model", "service"])
             for labels, series in ordered:
                 histogram: _Histogram = getattr(series, attribute)
-                if histogram.counts.any():  # no observation: no series (a model without TTFT)
+                if histogram.cumulative[-1]:  # no observation: no series (a model without TTFT)
                     family.add_metric(list(labels), *histogram.exposed())
             yield family
         usage = HistogramMetricFamily(_USAGE, HISTOGRAMS[_USAGE][0], labels=["model", "service", "token_type"])

@@ -118,6 +118,7 @@ _T_BODY = wire.tag(_LOG, "body")
 _T_LOG_ATTRIBUTE = wire.tag(_LOG, "attributes")
 _LOG_TRACE_ID = wire.tag(_LOG, "trace_id") + b"\x10"
 _LOG_SPAN_ID = wire.tag(_LOG, "span_id") + b"\x08"
+_HEX_LOG_TRACE_ID, _HEX_LOG_SPAN_ID = _LOG_TRACE_ID.hex(), _LOG_SPAN_ID.hex()
 _T_EVENT_NAME = wire.tag(_LOG, "event_name")
 
 _SPAN = trace_pb2.Span.DESCRIPTOR
@@ -207,7 +208,7 @@ class Translator:
         starts = self.starts
         attribute_items, log_record = self._attributes.items, self._log_record
         for event in events:
-            if type(event) is GenerationStarted:
+            if spans and type(event) is GenerationStarted:  # start times serve failed generations' spans only
                 starts.note(event)
             shape = span_shape(event, starts) if spans else None
             log = logs and makes_log(event)
@@ -261,12 +262,11 @@ class Translator:
         if trace_id is None:
             ids = b""
         elif event.span_id is None:
-            ids = _LOG_TRACE_ID + bytes.fromhex(trace_id)
-        else:
-            ids = _LOG_TRACE_ID + bytes.fromhex(trace_id) + _LOG_SPAN_ID + bytes.fromhex(event.span_id)
-        return b"".join(
-            (_T_TIME, _pack_fixed64(event.ts), after_time, body, wire.repeated(_T_LOG_ATTRIBUTE, items), ids, fields.event_name)
-        )
+            ids = bytes.fromhex(_HEX_LOG_TRACE_ID + trace_id)
+        else:  # one conversion for both ids and their tags
+            ids = bytes.fromhex(_HEX_LOG_TRACE_ID + trace_id + _HEX_LOG_SPAN_ID + event.span_id)
+        attributes = _T_LOG_ATTRIBUTE + _T_LOG_ATTRIBUTE.join(items) if items else b""  # wire.repeated, inline
+        return b"".join((_T_TIME, _pack_fixed64(event.ts), after_time, body, attributes, ids, fields.event_name))
 
     def _type_fields(self, event_type: str) -> _TypeFields:
         if len(self._types) >= _CACHE_LIMIT:  # custom event types are open-ended
