@@ -203,13 +203,14 @@ class Collector:
             try:
                 if not self.delivery.window:
                     if self._stop.is_set():
+                        self.delivery.acks.flush()
                         self._notice_stop()
                         return
                     self._housekeeping(reading=True)
                     self._submit(self._next_batch())
                 elif self._may_read_ahead():
                     self._housekeeping(reading=True)
-                    self._submit(self.reader.read(None))
+                    self._submit(self.reader.read(None, before=self.delivery.acks))
                     continue
                 else:
                     self.delivery.finish_oldest()
@@ -273,7 +274,7 @@ class Collector:
 
     def _shutdown(self) -> None:
         self._notice_stop()
-        if self.delivery.window:
+        if self.delivery.entries():
             log.warning(
                 "shutdown_left_batch_pending",
                 entries=self.delivery.entries(),
@@ -357,6 +358,7 @@ class Collector:
         """With nothing in flight: claim when due, else our pending list or new entries."""
         now = time.monotonic()
         if now >= self._due["claim"]:
+            self.delivery.acks.flush()
             batch, more = self.reader.claim()
             # Keep scanning right away while XAUTOCLAIM has more of the pending list to offer.
             self._due["claim"] = now if more else now + self._claim_every
@@ -366,7 +368,7 @@ class Collector:
         if not self.reader.in_history:
             until_due = min(self._due.values()) - time.monotonic()
             block = max(1, min(self.settings.block_ms, int(until_due * 1000)))
-        return self.reader.read(block)
+        return self.reader.read(block, before=self.delivery.acks)
 
     def _may_read_ahead(self) -> bool:
         """A backlog is certain (the last read was full) and a batch more may be in flight.

@@ -10,8 +10,10 @@ what a crash can deliver twice.
 The oldest batch is finished first: once every sink accepted it (a sink that
 failed for now is retried, alone, with capped jittered backoff, as the
 sink's errors ask), the alert stage sees it, client reports are counted, its
-dead letters are written and its entries acked. Nothing is acked before every
-sink accepted it, so a crash anywhere means redelivery, never loss.
+dead letters are written. Its ``XACK`` then rides with the loop's next read,
+ahead of the ``XREADGROUP`` in one round trip (:class:`OwedAcks`), so Redis
+applies the acks before it hands out more entries. Nothing is acked before
+every sink accepted it, so a crash anywhere means redelivery, never loss.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import redis
 import structlog
@@ -38,7 +40,7 @@ from emitters.streams import PAYLOAD_FIELD, StreamNames
 if TYPE_CHECKING:
     from collector.alerts.stage import AlertStage
 
-__all__ = ["Delivery", "SinkTrouble"]
+__all__ = ["Delivery", "OwedAcks", "SinkTrouble"]
 
 log = structlog.get_logger("collector.daemon")
 
@@ -54,6 +56,42 @@ class SinkTrouble:
         self.failing = failing  # "backpressure" or "paused_auth"
         self.recovered = recovered
         self.pause = pause  # waits, keeping the heartbeat; raises to abandon the batch when stopping
+
+
+class OwedAcks:
+    """Acks of delivered batches, sent in front of the next read (or on their own by :meth:`flush`)."""
+
+    def __init__(self, client: redis.Redis, group: str, counters: Counters) -> None:
+        self._redis = client
+        self.group = group
+        self.counters = counters
+        self._batches: list[Batch] = []
+
+    def owe(self, batch: Batch) -> None:
+        self._batches.append(batch)
+
+    def entries(self) -> int:
+        return sum(batch.size() for batch in self._batches)
+
+    def queue(self, pipe: Any) -> int:
+        """Add the XACKs to ``pipe``; how many commands were added (their replies come first)."""
+        commands = 0
+        for batch in self._batches:
+            for key, ids in batch.ack.items():
+                if ids:
+                    pipe.xack(key, self.group, *ids)
+                    commands += 1
+        return commands
+
+    def sent(self, replies: Sequence[int]) -> None:
+        self.counters.acked += sum(replies)
+        self._batches = []
+
+    def flush(self) -> None:
+        if self._batches:
+            pipe = self._redis.pipeline(transaction=False)
+            self.queue(pipe)
+            self.sent(pipe.execute())
 
 
 class Delivery:
@@ -85,6 +123,7 @@ class Delivery:
         self._trouble = trouble
         self.alert_engine = alert_engine
         self.window: deque[Batch] = deque()
+        self.acks = OwedAcks(client, group, counters)
         self._writers = [
             ThreadPoolExecutor(
                 max_workers=self.limit if getattr(sink, "concurrent_writes", False) else 1,
@@ -99,7 +138,7 @@ class Delivery:
 
     def entries(self) -> int:
         """Entries read and not yet acked."""
-        return sum(batch.size() for batch in self.window)
+        return sum(batch.size() for batch in self.window) + self.acks.entries()
 
     def submit(self, batch: Batch) -> None:
         """Start every sink's write of ``batch`` and return at once."""
@@ -109,7 +148,7 @@ class Delivery:
         self.window.append(batch)
 
     def finish_oldest(self) -> None:
-        """Deliver the oldest batch in flight to the end: sinks, alerts, dead letters, ack."""
+        """Deliver the oldest batch in flight: sinks, alerts, dead letters; its acks are then owed."""
         batch = self.window[0]
         if not batch.delivered:
             if batch.records:
@@ -121,7 +160,7 @@ class Delivery:
             self.counters.written += len(batch.records) - batch.rejected
         if batch.dead:
             self._write_dead_letters(batch)
-        self._ack(batch)
+        self.acks.owe(batch)
         self.window.popleft()
 
     def close(self, deadline: Optional[float]) -> None:
@@ -218,13 +257,6 @@ class Delivery:
         )
         self.counters.dead_lettered += len(batch.dead)
         batch.dead = []
-
-    def _ack(self, batch: Batch) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for key, ids in batch.ack.items():
-            if ids:
-                pipe.xack(key, self.group, *ids)
-        self.counters.acked += sum(pipe.execute())
 
 
 def _for_sink(sink: Sink, records: list[Record]) -> list[Record]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Protocol, Sequence
 
 import redis
 import structlog
@@ -24,7 +24,7 @@ from collector.loss import LossBook
 from collector.pacing import Counters, text
 from collector.records import Record, StreamKind
 
-__all__ = ["Batch", "Reader"]
+__all__ = ["Batch", "Prelude", "Reader"]
 
 log = structlog.get_logger("collector.daemon")
 
@@ -46,6 +46,16 @@ class Batch:
 
     def size(self) -> int:
         return sum(map(len, self.ack.values()))
+
+
+class Prelude(Protocol):
+    """Commands that ride in front of a read."""
+
+    def queue(self, pipe: Any) -> int:
+        """Add them to ``pipe``; how many were added."""
+
+    def sent(self, replies: Sequence[Any]) -> None:
+        """Their replies, once the round trip is back."""
 
 
 def _raw(response: Any, **options: Any) -> Any:
@@ -112,19 +122,22 @@ class Reader:
         """Still reading our own pending list (after a start or a reconnect)."""
         return any(cursor != ">" for cursor in self._cursor.values())
 
-    def read(self, block: Optional[int]) -> Optional[Batch]:
-        """One XREADGROUP round trip; ``block`` ms waiting for new entries, None for no wait."""
-        cursor = self._cursor
+    def read(self, block: Optional[int], before: Optional[Prelude] = None) -> Optional[Batch]:
+        """One XREADGROUP round trip; ``block`` ms waiting for new entries, None for no wait.
+
+        ``before`` puts its commands (the owed acks) in front of the read, in the same round trip.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        queued = before.queue(pipe) if before is not None else 0
         if self.losses.gap_checks and not self.in_history:
             # Same round trip: count what someone trimmed unread before this read steps past it.
-            pipe = self._redis.pipeline(transaction=False)
             for _, key in self.streams:
                 self.losses.close_gap(key, pipe)
-            pipe.xreadgroup(self.group, self.consumer, cursor, count=self.settings.batch_size, block=block)
-            reply = pipe.execute()[-1]
-        else:
-            reply = self._redis.xreadgroup(self.group, self.consumer, cursor, count=self.settings.batch_size, block=block)
-        return self._parse(reply)
+        pipe.xreadgroup(self.group, self.consumer, self._cursor, count=self.settings.batch_size, block=block)
+        replies = pipe.execute()
+        if before is not None:
+            before.sent(replies[:queued])
+        return self._parse(replies[-1])
 
     def _parse(self, reply: Any) -> Optional[Batch]:
         # RESP3 (redis-py's default) answers with a map, RESP2 with a list of pairs.
