@@ -104,6 +104,9 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         )
 
 
+MAX_BATCHES_IN_FLIGHT = 16
+
+
 class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Consumer-group reading, delivery, retention and housekeeping."""
 
@@ -111,7 +114,7 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     consumer: Optional[Word] = None  # None: "<host>-<pid>", unique per process
     batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
     # Batches read and not yet acked while a backlog drains: sinks write one while the next is read.
-    batches_in_flight: Annotated[int, Meta(ge=1, le=16)] = 2
+    batches_in_flight: Annotated[int, Meta(ge=1, le=MAX_BATCHES_IN_FLIGHT)] = 2
     block_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
     claim_idle: PositiveDuration = PositiveDuration(60)
     max_deliveries: Annotated[int, Meta(ge=1)] = 10
@@ -231,7 +234,7 @@ CLI_SETTINGS: tuple[CliSetting, ...] = (
     CliSetting(
         "--shutdown-timeout",
         "collector.shutdown_timeout",
-        "Deadline for finishing the in-flight batch on SIGTERM.",
+        "Deadline for finishing the batches in flight on SIGTERM.",
     ),
     CliSetting(
         "--heartbeat-interval",

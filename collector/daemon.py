@@ -274,6 +274,13 @@ class Collector:
 
     def _shutdown(self) -> None:
         self._notice_stop()
+        if not self._redis_down:
+            try:
+                # Batches the sinks took but whose acks were still owed (a deadline ended the loop):
+                # ack them now rather than have them delivered twice after the restart.
+                self.delivery.acks.flush()
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                log.warning("shutdown_acks_not_sent", error=str(exc), note="those entries are delivered again")
         if self.delivery.entries():
             log.warning(
                 "shutdown_left_batch_pending",

@@ -1,6 +1,6 @@
 """Warm and cold stops on SIGTERM/SIGINT, shared by ``run`` and ``demo``.
 
-The first signal asks for a warm stop (finish and ack the batch in hand,
+The first signal asks for a warm stop (finish and ack the batches in flight,
 flush, exit within the deadline); a second one, or the hard deadline passing,
 exits at once with the unacked entries left pending in Redis (rq's warm and
 cold shutdown, plus a deadline).

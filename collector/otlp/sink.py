@@ -35,6 +35,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import msgspec
 import structlog
 
+from collector.config import MAX_BATCHES_IN_FLIGHT
 from collector.otlp.config import OtlpConfig, OtlpSettings, Signal
 from collector.otlp.metric_export import MetricPipeline
 from collector.otlp.metric_store import MemoryMetricStore, MetricStore
@@ -54,7 +55,7 @@ _BATCH_SIGNALS: tuple[Signal, ...] = ("logs", "traces")
 # after a reconnect) is forgotten once this many newer ones came.
 _REMEMBERED_BATCHES = 64
 # Requests sent at once: both signals of every batch in flight (threads start only when needed).
-_SENDERS = 2 * 16
+_SENDERS = len(_BATCH_SIGNALS) * MAX_BATCHES_IN_FLIGHT
 
 
 class _Progress:
