@@ -113,8 +113,9 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     group: Word = "telemetry-collectors"
     consumer: Optional[Word] = None  # None: "<host>-<pid>", unique per process
     batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
-    # Batches read and not yet acked while a backlog drains: sinks write one while the next is read.
-    batches_in_flight: Annotated[int, Meta(ge=1, le=MAX_BATCHES_IN_FLIGHT)] = 2
+    # Batches the sinks may write at once while a backlog drains. 1 keeps a crash's duplicates to one
+    # batch; more pays off when a sink waits on a distant backend (OTLP exports overlap).
+    batches_in_flight: Annotated[int, Meta(ge=1, le=MAX_BATCHES_IN_FLIGHT)] = 1
     block_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
     claim_idle: PositiveDuration = PositiveDuration(60)
     max_deliveries: Annotated[int, Meta(ge=1)] = 10
