@@ -135,6 +135,7 @@ class OtlpBackend:
         self._connections: set[socket.socket] = set()
         self._handling = 0
         self.most_at_once = 0  # requests handled at the same time, at most (exports in flight)
+        self.http_connections = 0  # TCP connections the HTTP receiver accepted
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -381,6 +382,7 @@ def _http_handler(backend: OtlpBackend) -> type[http.server.BaseHTTPRequestHandl
             super().setup()
             with backend._lock:
                 backend._connections.add(self.connection)
+                backend.http_connections += 1
 
         def finish(self) -> None:
             with backend._lock:

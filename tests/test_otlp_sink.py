@@ -112,6 +112,18 @@ class TestDelivery:
         assert encodings == ({"gzip"} if compression == "gzip" else {None})
         assert len(otlp_backend.event_ids()) == len(batch)
 
+    def test_http_connection_is_kept_alive(self, otlp_backend: OtlpBackend) -> None:
+        """Exports over HTTP reuse kept-alive connections: no TCP (or TLS) set-up per request.
+
+        A batch sends its signals at once, so up to one connection per signal is opened, never more.
+        """
+        sink = OtlpSink(OtlpConfig(endpoint=otlp_backend.http_endpoint, protocol="http", token=TOKEN).resolve({}))
+        for seed in range(10):
+            sink.write(as_records(sample_events(50, seed=seed)))
+        sink.close()
+        assert len(otlp_backend.requests("logs")) == 10
+        assert 1 <= otlp_backend.http_connections <= 3
+
     def test_large_batch_is_split(self, make_sink: Any, otlp_backend: OtlpBackend) -> None:
         """A batch over max_request_bytes goes out as several requests, every record once."""
         records = as_records(sample_events(2000, seed=4))

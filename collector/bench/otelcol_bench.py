@@ -145,7 +145,9 @@ def _ours_cpu(redis_url: str, payloads: list[bytes], signals: list[str], scratch
             _wait(lambda: client.exists(names.events), process, "the collector to create its group")
             threading.Event().wait(1.0)
             before = _cpu_s(process.pid)
-            pipe = client.pipeline(transaction=False)
+            # One MULTI/EXEC: the events appear at once, as otelcol's file does (a rename), and the
+            # collector reads full batches instead of racing the XADDs with small ones.
+            pipe = client.pipeline(transaction=True)
             for payload in payloads:
                 pipe.xadd(names.events, {PAYLOAD_FIELD: payload})
             pipe.execute()

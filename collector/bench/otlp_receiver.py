@@ -20,6 +20,10 @@ class OtlpReceiver:
         self._lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as OTLP receivers (the OpenTelemetry Collector's, Dash0's) answer: an
+            # HTTP/1.0 peer would make both exporters pay a TCP connect per request.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":

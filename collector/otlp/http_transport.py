@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import http.client
 import ssl
 import threading
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
+from isal import igzip
 
 from collector.otlp.config import Signal, SignalSettings
 from collector.otlp.transport import (
@@ -30,8 +30,9 @@ from collector.sinks import SinkAuthError, SinkUnavailable
 
 __all__ = ["HttpTransport"]
 
-# Fastest gzip: OTLP compresses well even so (20,000 records: 10.8 MB to 2.0 MB), and level 6 took
-# twice the CPU (5.8 vs 2.6 us a record) for 10% fewer bytes.
+# Intel's ISA-L gzip (isal): a request of 500 log records (272 KB) took 0.47 us a record at level 1
+# against zlib's 2.79 us at its fastest level, for slightly smaller output (18.0% vs 18.7%). Gzip
+# was the largest single cost of the logs path.
 _GZIP_LEVEL = 1
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 _WRONG_ENDPOINT_HTTP = frozenset({404, 405})
@@ -76,7 +77,7 @@ class HttpTransport:
         self._closed = False
 
     def export(self, signal: Signal, payload: bytes) -> ExportResult:
-        body = gzip.compress(payload, compresslevel=_GZIP_LEVEL, mtime=0) if self._settings.compression == "gzip" else payload
+        body = igzip.compress(payload, compresslevel=_GZIP_LEVEL, mtime=0) if self._settings.compression == "gzip" else payload
         url = self._settings.endpoint
         status, headers, data = self._post(signal, url, body)
         if 200 <= status < 300:
