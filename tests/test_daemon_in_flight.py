@@ -143,3 +143,32 @@ def test_otlp_exports_the_batches_in_flight_at_once(
     assert otlp_backend.most_at_once == 3
     assert sorted(otlp_backend.event_ids()) == sorted(ids)
     assert pending_count(redis_client) == 0
+
+
+def test_a_deadline_exit_still_sends_the_acks_owed_for_delivered_batches(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Stopping while a later batch keeps failing: the delivered batch is acked, the failing one stays pending.
+
+    The delivered batch's XACK waits to ride with the next read, which never comes; without
+    the flush at shutdown it would be delivered a second time after the restart.
+    """
+    add_events(redis_client, [custom_event(n) for n in range(BATCH + 5)])  # a full batch, then 5
+
+    class FailsTheShortBatch(RecordingSink):
+        name = "short-fails"
+
+        def write(self, batch: Sequence[Record]) -> None:
+            if len(batch) < BATCH:
+                raise SinkUnavailable("backend busy")
+            super().write(batch)
+
+    sink = FailsTheShortBatch()
+    config = make_config(redis_url, tmp_path, batch_size=BATCH, batches_in_flight=2, shutdown_timeout="1s")
+    collector = Collector(config, sinks=[sink])
+    with running(collector) as handle:
+        wait_for(lambda: collector.counters.sink_failures >= 2, what="the short batch failing")
+        assert len(sink.records) == BATCH and collector.counters.acked == 0  # its ack is owed, not sent
+        handle.stop()
+    assert collector.counters.acked == BATCH
+    assert pending_count(redis_client) == 5
