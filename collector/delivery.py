@@ -205,7 +205,7 @@ class Delivery:
                     self._trouble.failing("paused_auth")
                 except SinkRejected as exc:
                     for record in exc.records:
-                        batch.rejections.setdefault(record.stream_id, (record, []))[1].append(f"{sink.name}: {exc.reason}")
+                        batch.rejections.setdefault((record.stream, record.stream_id), (record, []))[1].append(f"{sink.name}: {exc.reason}")
                     batch.rejected = len(batch.rejections)
                     log.warning("sink_rejected", sink=sink.name, reason=exc.reason, records=len(exc.records))
                     break

@@ -38,8 +38,9 @@ class Batch:
     ack: dict[str, list[bytes]] = field(default_factory=dict)
     accepted: set[int] = field(default_factory=set)  # indexes of sinks that took the records
     writes: dict[int, Future[None]] = field(default_factory=dict)  # sink index -> its write in progress
-    # stream id -> (record, "sink: reason" of each sink that rejected it); dead letters once all sinks are done
-    rejections: dict[str, tuple[Record, list[str]]] = field(default_factory=dict)
+    # (stream, id) -> (record, "sink: reason" of each sink that rejected it); dead letters once all sinks
+    # are done. Keyed by both: the events and errors streams hand out the same ids in the same millisecond.
+    rejections: dict[tuple[str, str], tuple[Record, list[str]]] = field(default_factory=dict)
     rejected: int = 0
     delivered: bool = False  # sinks done and alerts observed
     full: bool = False  # a read of new entries that got all it asked for: more are waiting

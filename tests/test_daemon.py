@@ -373,6 +373,30 @@ class TestCollectorSinkFaults:
         assert all(f[b"reason"] == b"rejected: faulty: 400 bad attribute" for f in letters)
         assert collector.counters.written == 4 and collector.counters.dead_lettered == 2
 
+    def test_rejected_entries_with_the_same_id_on_both_streams_each_get_a_letter(
+        self, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+    ) -> None:
+        """Both streams hand out ``<ms>-0`` in the same millisecond: each rejected entry is its own letter."""
+        same_id = f"{int(time.time() * 1000)}-0"
+        event, error = custom_event(), error_event()
+        pipe = redis_client.pipeline(transaction=True)
+        pipe.xadd(NAMES.events, {"event": encode(event)}, id=same_id)
+        pipe.xadd(NAMES.errors, {"event": encode(error)}, id=same_id)
+        pipe.execute()
+        collector = Collector(
+            make_config(redis_url, tmp_path),
+            sinks=[FaultySink(lambda batch: SinkRejected("400 bad attribute", batch))],
+        )
+        with running(collector):
+            wait_for(lambda: collector.counters.acked == 2, what="both acked")
+        letters = {(f[b"stream"], f[b"id"]): msgspec.msgpack.decode(f[b"payload"])["id"] for f in dead_letters(redis_client)}
+        assert letters == {
+            (NAMES.events.encode(), same_id.encode()): event.id,
+            (NAMES.errors.encode(), same_id.encode()): error.id,
+        }
+        assert all(f[b"reason"] == b"rejected: faulty: 400 bad attribute" for f in dead_letters(redis_client))
+        assert collector.counters.written == 0 and collector.counters.dead_lettered == 2
+
     def test_auth_error_pauses_with_entries_pending(
         self, redis_url: str, redis_client: redis.Redis, tmp_path: Path
     ) -> None:
