@@ -28,6 +28,7 @@ class StreamNames(NamedTuple):
     # `lost:{kind}:{group}` (entries trimmed before that group acked them; group `-`: no group existed).
     accounting: str
     losses: str  # stream, one entry per trim that lost entries: stream, group, count, first_id, last_id, by
+    engines: str  # hash, the newest runtime.status / client.report gauges per engine (collector.http.engines)
 
     def heartbeat(self, consumer: str) -> str:
         return f"{self.heartbeat_prefix}{consumer}"
@@ -43,6 +44,7 @@ def stream_names(prefix: str = "telemetry") -> StreamNames:
         heartbeat_prefix=f"{prefix}:collector:",
         accounting=f"{prefix}:accounting",
         losses=f"{prefix}:losses",
+        engines=f"{prefix}:engines",
     )
 
 

@@ -264,8 +264,9 @@ def stream_ids(admin: redis.Redis) -> set[str]:
 
 
 def emit_mix(emitter: Emitter, count: int) -> None:
-    """Events of every route: events stream, errors stream, live pub/sub, custom types."""
+    """Events of every route: events stream, errors stream, live pub/sub, custom types, engine gauges."""
     for n in range(count):
+        emitter.runtime_status("busy", 1, active_tasks=n)
         emitter.model_loaded(f"model-{n}", f"/models/{n}", load_ms=1.5)
         emitter.generation_completed("m", f"req-{n}", 10, 20, 30.0)
         emitter.token_generated("m", f"req-{n}", "tok", n)
@@ -309,7 +310,7 @@ class TestRedisAcl:
         emitter.close()
 
         expected = stream_ids(admin)
-        assert len(expected) == 26 * 4  # token.generated goes to pub/sub only
+        assert len(expected) == 26 * 5  # token.generated goes to pub/sub only
         collector.wait_for(lambda: collector.delivered_ids() >= expected, "every event in the JSONL files")
         collector.wait_for(lambda: admin.xlen(NAMES.dead) == 1, "the garbage entry dead-lettered")
         collector.wait_for(lambda: group_pending(admin) == 0, "the pending list to drain")
@@ -331,6 +332,7 @@ class TestRedisAcl:
         assert collector.stop() == 0
         assert health.returncode != 2, health.stdout + health.stderr  # 2: unreachable (or refused)
         assert denials(admin) == []
+        assert admin.hlen(NAMES.engines) == 1  # the /metrics stage's board of engine gauges
         counters = collector.final_counters()
         assert counters["claimed"] >= 1 and counters["dead_lettered"] == 1
         assert_no_secret(collector.output() + health.stdout + health.stderr, passwords)
@@ -393,7 +395,7 @@ class TestTls:
         emit_mix(emitter, 10)
         emitter.close()
         expected = stream_ids(admin)
-        assert len(expected) == 40
+        assert len(expected) == 50
         collector = collectors(collector_env(server, passwords, TELEMETRY_REDIS_TLS_CA_FILE=str(pki.ca_cert)))
         collector.wait_for(lambda: collector.delivered_ids() >= expected, "every event over TLS")
         collector.wait_for(lambda: group_pending(admin) == 0, "the pending list to drain")

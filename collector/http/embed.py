@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import redis
 import structlog
 
 from collector.config import Config
 from collector.http.config import is_loopback, read_token
+from collector.http.engines import EngineBoard, newest_reports
 from collector.http.figures import Daemon
 from collector.http.metrics import EventMetrics
 from collector.http.server import HttpServer, LiveView
 from collector.records import Record
+from collector.redisconn import connect
+from collector.sinks import SinkUnavailable
 from collector.tools.options import Target
+from emitters.streams import stream_names
 
 __all__ = ["MetricsSink", "CollectorHttp"]
 
@@ -25,21 +30,31 @@ log = structlog.get_logger("collector.http")
 
 
 class MetricsSink:
-    """Feeds delivered events to the ``/metrics`` aggregates; in memory, never fails."""
+    """Feeds delivered events to the ``/metrics`` aggregates, and engine reports to the shared board.
+
+    The board first: when Redis fails the whole write is retried (SinkUnavailable), and nothing
+    was added to the in-memory aggregates yet, so a retry counts nothing twice.
+    """
 
     name = "metrics"
 
-    def __init__(self, metrics: EventMetrics) -> None:
+    def __init__(self, metrics: EventMetrics, board: EngineBoard) -> None:
         self.metrics = metrics
+        self.board = board
 
     def write(self, batch: Sequence[Record]) -> None:
-        self.metrics.observe([record.event for record in batch])
+        events = [record.event for record in batch]
+        try:
+            self.board.publish(newest_reports(events))
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            raise SinkUnavailable(f"/metrics: cannot record the engines' newest reports in Redis: {exc}") from None
+        self.metrics.observe(events)
 
     def flush(self) -> None:
         """Nothing is buffered."""
 
     def close(self) -> None:
-        """Nothing to release."""
+        self.board.client.close()
 
 
 class CollectorHttp:
@@ -52,7 +67,8 @@ class CollectorHttp:
         self.config = config
         self.token = read_token(config.http)
         self.metrics = EventMetrics()
-        self.sink = MetricsSink(self.metrics)
+        board_client = connect(config.redis.url or "", client_name="telemetry-metrics")
+        self.sink = MetricsSink(self.metrics, EngineBoard(board_client, stream_names(config.redis.stream_prefix).engines))
         self.server: Optional[HttpServer] = None
 
     def start(self, daemon: Daemon) -> None:
@@ -60,7 +76,7 @@ class CollectorHttp:
         settings, http = self.config.collector, self.config.http
         target = Target(self.config.redis.url or "", self.config.redis.stream_prefix, False)
         maxlens = {"events": settings.events_maxlen, "errors": settings.errors_maxlen}
-        view = LiveView(target, self.metrics, maxlens, self.config.collector.group, daemon)
+        view = LiveView(target, self.metrics, self.sink.board, maxlens, self.config.collector.group, daemon)
         if self.token is None and not is_loopback(http.host):
             log.warning(
                 "http_without_token",

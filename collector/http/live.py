@@ -12,6 +12,7 @@ from typing import Iterator, Optional
 import redis
 import structlog
 
+from collector.http.engines import LocalBoard, newest_reports
 from collector.http.metrics import EventMetrics
 from collector.tools.filters import EventFilter
 from collector.tools.options import Target
@@ -50,9 +51,10 @@ def matching(rows: list[StoredEvent], event_filter: EventFilter) -> list[StoredE
 class StreamFeed:
     """``ui``'s source of metrics: every new event, observed once; reconnects on its own."""
 
-    def __init__(self, target: Target, metrics: EventMetrics, stop: threading.Event) -> None:
+    def __init__(self, target: Target, metrics: EventMetrics, engines: LocalBoard, stop: threading.Event) -> None:
         self.target = target
         self.metrics = metrics
+        self.engines = engines
         self.stop = stop
         self.following = threading.Event()
         self.thread = threading.Thread(target=self._run, name="telemetry-ui-feed", daemon=True)
@@ -70,7 +72,9 @@ class StreamFeed:
                 self.following.set()
                 try:
                     while not self.stop.is_set():
-                        self.metrics.observe([row.event for row in follower.read(BLOCK_MS, [])])
+                        events = [row.event for row in follower.read(BLOCK_MS, [])]
+                        self.metrics.observe(events)
+                        self.engines.publish(newest_reports(events))
                 finally:
                     follower.close()
             except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from collector.http import views
+from collector.http.engines import Board, EngineFigures
 from collector.http.figures import PAUSED_STATUSES, Daemon, PipelineFigures
 from collector.http.live import follow, matching
 from collector.http.metrics import EventMetrics
@@ -50,12 +51,13 @@ _json = msgspec.json.Encoder()
 
 
 class LiveView:
-    """What the server shows: one Redis, the event metrics, and the daemon it runs in (if any)."""
+    """What the server shows: one Redis, the event metrics, the engines' board, and the daemon it runs in (if any)."""
 
     def __init__(
         self,
         target: Target,
         metrics: EventMetrics,
+        engines: Board,
         maxlens: Mapping[str, int],
         alert_group: str,
         daemon: Optional[Daemon] = None,
@@ -71,6 +73,7 @@ class LiveView:
         # metrics read afterwards cover at least every entry the scrape counts as acked.
         self.registry.register(self.figures)
         self.registry.register(metrics)
+        self.registry.register(EngineFigures(engines))
         self.stop = threading.Event()
 
     def not_ready(self) -> Optional[str]:

@@ -18,6 +18,7 @@ import click
 from collector.config import CollectorConfig
 from collector.http.config import DEFAULT_PORT, HttpConfig, is_loopback, read_token
 from collector.http.live import StreamFeed
+from collector.http.engines import LocalBoard
 from collector.http.metrics import EventMetrics
 from collector.http.server import HttpServer, LiveView
 from collector.logsetup import configure_logging
@@ -70,15 +71,15 @@ def ui(redis_url: str, stream_prefix: str, group: str, host: str, port: int, tok
         click.echo(f"warning: --http-host {host} without a token: set $TELEMETRY_HTTP_TOKEN or --http-token-file", err=True)
     target = Target(redis_url, stream_prefix, False, url_setting(click.get_current_context()).origin)
     defaults = CollectorConfig()
-    metrics = EventMetrics()
-    view = LiveView(target, metrics, {"events": defaults.events_maxlen, "errors": defaults.errors_maxlen}, group)
+    metrics, engines = EventMetrics(), LocalBoard()
+    view = LiveView(target, metrics, engines, {"events": defaults.events_maxlen, "errors": defaults.errors_maxlen}, group)
     try:
         server = HttpServer(view, host, port, token)
     except OSError as exc:
         view.close()
         click.echo(f"Error: --http-port: cannot listen on {host}:{port}: {exc.strerror or exc}; pick a free port", err=True)
         raise click.exceptions.Exit(2) from None
-    feed = StreamFeed(target, metrics, view.stop).start()
+    feed = StreamFeed(target, metrics, engines, view.stop).start()
     stopping = threading.Event()
 
     def handle(signum: int, frame: Optional[FrameType]) -> None:
