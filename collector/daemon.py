@@ -18,10 +18,10 @@ One thread runs the loop; sinks write on their own threads:
 Nothing is acked before every sink accepted it, so a crash anywhere means
 redelivery, never loss, and what a crash delivers twice is bounded by the
 batches in flight. Before each read the loop does its housekeeping on
-timers: heartbeat hash, lag check against MAXLEN, claiming (the window is
-drained first, so no entry of ours is in flight), ``XTRIM MINID`` retention,
-removal of dead consumers that have nothing pending, counters in the log,
-systemd watchdog pings.
+timers (:mod:`collector.timers`): heartbeat hash, lag check against MAXLEN,
+claiming (the window is drained first, so no entry of ours is in flight),
+``XTRIM MINID`` retention, removal of dead consumers that have nothing
+pending, counters in the log, systemd watchdog pings.
 
 Redis going away never ends the process: the loop waits with capped jittered
 backoff and carries on with the batches it had in hand, then rereads its
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import redis
 import structlog
@@ -51,6 +51,7 @@ from collector.refusals import REFUSAL_ACTIONS, refusal
 from collector.sdnotify import SystemdNotifier
 from collector.sinks import Sink, SinkError
 from collector.sinks.configured import build_sinks, consumer_name
+from collector.timers import Timers
 from emitters.streams import stream_names
 
 if TYPE_CHECKING:
@@ -122,22 +123,11 @@ class Collector:
         self._more_waiting = False  # the last read of new entries was full: read ahead
         self._redis_down = False
         self._refusal: Optional[str] = None
-        self._keepalive = KeepAlive(settings.heartbeat_interval, self._beat_while_blocked, self._sink_stalled)
+        self._keepalive = KeepAlive(
+            settings.heartbeat_interval, lambda: self.timers.beat_while_blocked(), self._sink_stalled
+        )
         self._attached = False  # the group was there (or made) once: missing later means Redis lost it
         self._refusal_backoff = Backoff(0.1, min(settings.max_backoff, _REATTACH_CAP))
-        # Claiming runs often enough that an idle entry waits at most ~1.5x claim_idle.
-        self._claim_every = min(max(settings.claim_idle / 2, 0.05), 30.0)
-        now = time.monotonic()
-        self._due: dict[str, float] = {
-            "heartbeat": now,
-            "claim": now,
-            "stats": now + settings.stats_interval,
-            "trim": now + min(settings.trim_interval, 10.0),
-        }
-        if self.notifier.watchdog_interval:
-            self._due["watchdog"] = now
-        if self.alert_engine is not None:
-            self._due["alerts"] = now + 1.0
         self._redis = client or connect(
             config.redis.url,  # type: ignore[arg-type]  # checked above
             # A blocking XREADGROUP must not look like a dead socket.
@@ -151,6 +141,10 @@ class Collector:
             self._redis, self.names, self.streams, stream_prefix=config.redis.stream_prefix, group=self.group, consumer=self.consumer, settings=settings,
             counters=self.counters, losses=self.losses, alert_engine=alert_engine,
             describe=lambda: {"status": self.status, "refusal": self._refusal or ""},
+        )  # fmt: skip
+        self.timers = Timers(
+            settings, chores=self.chores, notifier=self.notifier, counters=self.counters, alert_engine=alert_engine,
+            status=lambda: self.status, beat=self._heartbeat, lock=self._keepalive.lock,
         )  # fmt: skip
         self.reader = Reader(
             self._redis, self.streams, group=self.group, consumer=self.consumer, settings=settings,
@@ -206,10 +200,10 @@ class Collector:
                         self.delivery.acks.flush()
                         self._notice_stop()
                         return
-                    self._housekeeping(reading=True)
+                    self.timers.run_due(reading=True)
                     self._submit(self._next_batch())
                 elif self._may_read_ahead():
-                    self._housekeeping(reading=True)
+                    self.timers.run_due(reading=True)
                     self._submit(self.reader.read(None, before=self.delivery.acks))
                     continue
                 else:
@@ -364,16 +358,15 @@ class Collector:
     def _next_batch(self) -> Optional[Batch]:
         """With nothing in flight: claim when due, else our pending list or new entries."""
         now = time.monotonic()
-        if now >= self._due["claim"]:
+        if self.timers.claim_due(now):
             self.delivery.acks.flush()
             batch, more = self.reader.claim()
-            # Keep scanning right away while XAUTOCLAIM has more of the pending list to offer.
-            self._due["claim"] = now if more else now + self._claim_every
+            self.timers.claimed(now, more=more)
             if batch is not None:
                 return batch
         block: Optional[int] = None
         if not self.reader.in_history:
-            until_due = min(self._due.values()) - time.monotonic()
+            until_due = self.timers.until_next(time.monotonic())
             block = max(1, min(self.settings.block_ms, int(until_due * 1000)))
         return self.reader.read(block, before=self.delivery.acks)
 
@@ -388,7 +381,7 @@ class Collector:
             and self.delivery.room
             and not self._stop.is_set()
             and not self.reader.in_history
-            and time.monotonic() < self._due["claim"]
+            and not self.timers.claim_due(time.monotonic())
         )
 
     def _submit(self, batch: Optional[Batch]) -> None:
@@ -419,39 +412,14 @@ class Collector:
                 end = min(end, self._deadline)
             if now >= end:
                 return
-            self._housekeeping(reading=False)
-            step = min(end, min(self._due.values())) - now
+            self.timers.run_due(reading=False)
+            step = min(end - now, self.timers.until_next(now))
             # While stopping nothing sets an event we could wait on; `stopped` is set only by
             # run() returning, so this is a plain bounded wait.
             waiter = self.stopped if self._stop.is_set() else self._stop
             waiter.wait(max(step, 0.01))
 
-    # -- housekeeping -----------------------------------------------------------------------------
-
-    def _housekeeping(self, *, reading: bool) -> None:
-        """Timed chores. Outside ``reading`` (inside a wait) only the ones that read nothing new."""
-        now = time.monotonic()
-        due = self._due
-        if "watchdog" in due and now >= due["watchdog"]:
-            self.notifier.watchdog()
-            due["watchdog"] = now + self.notifier.watchdog_interval  # type: ignore[operator]
-        if now >= due["heartbeat"]:
-            due["heartbeat"] = now + self.settings.heartbeat_interval
-            with self._keepalive.lock:
-                self._guarded(self._heartbeat, quiet=not reading)
-        if self.chores.trim_soon:  # the lag check (by the loop or the keepalive thread) saw a crowded stream
-            due["trim"] = min(due["trim"], now)
-        if now >= due["stats"]:
-            due["stats"] = now + self.settings.stats_interval
-            log.info("collector_stats", status=self.status, lag=dict(self.chores.lag), **self.counters.as_dict())
-        if "alerts" in due and now >= due["alerts"]:
-            due["alerts"] = now + 1.0
-            assert self.alert_engine is not None
-            self.alert_engine.tick(time.time())
-        if reading and now >= due["trim"]:
-            due["trim"] = now + self.settings.trim_interval
-            self._guarded(self.chores.trim, quiet=False)
-            self._guarded(self.chores.remove_idle_consumers, quiet=False)
+    # -- sinks ------------------------------------------------------------------------------------
 
     def _sinks_recovered(self) -> None:
         if self.status in (BACKPRESSURE, PAUSED_AUTH):
@@ -461,30 +429,6 @@ class Collector:
     def _sink_stalled(self, sink: str) -> None:
         log.warning("sink_slow", sink=sink, blocked_s=self.settings.heartbeat_interval, note="beating meanwhile")
         self._set_status(BACKPRESSURE)
-
-    def _beat_while_blocked(self) -> None:
-        """From the keepalive thread, while a sink call holds the loop (see collector/keepalive.py)."""
-        self._guarded(self._heartbeat, quiet=True)
-        if self.notifier.watchdog_interval:
-            self.notifier.watchdog()
-
-    def _guarded(self, chore: Any, *, quiet: bool) -> None:
-        """Inside a wait Redis may be the thing that is down: do not fail the wait on it.
-
-        A refused write (a heartbeat under OOM) skips the chore in any case: the
-        delivery path meets the same refusal and reports it.
-        """
-        try:
-            chore()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if not quiet:
-                raise
-            log.debug("housekeeping_skipped", chore=chore.__name__, error=str(exc))
-        except redis.ResponseError as exc:
-            code = refusal(exc)
-            if code is None:
-                raise
-            log.warning("housekeeping_refused", chore=chore.__name__, refusal=code, error=str(exc))
 
     def _heartbeat(self) -> None:
         self.chores.heartbeat()
