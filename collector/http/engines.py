@@ -53,12 +53,10 @@ GAUGES: dict[str, str] = {
 # KEYS: the hash. ARGV: ttl ms, the cut-off ts prefix (older reports are dropped), then field, value pairs.
 # A value starts with its report's ts (_TS_DIGITS digits): newer wins, an equal one (a redelivery) changes nothing.
 _NEWEST = """
-local changed = 0
 for i = 3, #ARGV, 2 do
   local old = redis.call('HGET', KEYS[1], ARGV[i])
   if not old or string.sub(old, 1, %(digits)d) < string.sub(ARGV[i + 1], 1, %(digits)d) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    changed = changed + 1
   end
 end
 local all = redis.call('HGETALL', KEYS[1])
@@ -68,7 +66,7 @@ for i = 1, #all, 2 do
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return changed
+return 0
 """ % {"digits": _TS_DIGITS}
 
 
