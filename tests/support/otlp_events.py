@@ -117,9 +117,13 @@ class Workload:
 
 
 def publish(client: Any, events: list[Event], prefix: str = "telemetry") -> None:
-    """XADD events where an emitter puts them: errors to the error stream, the rest to events."""
+    """XADD events where an emitter puts them: errors to the error stream, the rest to events.
+
+    In one MULTI/EXEC, as an emitter's batch script adds them: a collector reads them all at once
+    rather than racing the adds, so the batches it forms do not depend on timing.
+    """
     names = stream_names(prefix)
-    pipe = client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=True)
     for event in events:
         pipe.xadd(names.errors if is_error(event) else names.events, {PAYLOAD_FIELD: encode(event)})
     pipe.execute()
